@@ -1,0 +1,1 @@
+"""Shared machinery: validation, backend dispatch, op registration, dtype helpers."""
