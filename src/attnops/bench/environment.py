@@ -1,0 +1,79 @@
+"""What a benchmark ran on: device name, library versions, git commit."""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of ``device`` (the GPU model, or the CPU model)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpu_model() or platform.processor() or platform.machine() or "cpu"
+
+
+def device_slug(device: torch.device) -> str:
+    """``device``'s type and name as a lowercase, file-name-safe string."""
+    name = device_name(device).lower()
+    if not name.startswith(device.type):
+        name = f"{device.type}-{name}"
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")[:60].rstrip("-")
+
+
+def device_info(device: torch.device) -> dict[str, object]:
+    """Device facts recorded with every benchmark result."""
+    info: dict[str, object] = {"type": device.type, "name": device_name(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info |= {"multiprocessors": props.multi_processor_count, "memory_bytes": props.total_memory}
+    else:
+        info |= {"torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+    return info
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python, torch, Triton (``None`` when missing) and attnops."""
+    from attnops import __version__
+
+    try:
+        import triton
+
+        triton_version: str | None = triton.__version__
+    except ImportError:
+        triton_version = None
+    cuda = torch.version.cuda
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": cuda,
+        "attnops": __version__,
+    }
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """``git rev-parse --short HEAD`` of the checkout holding this package, if there is one."""
+    where = cwd or Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def _cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else None
