@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False)
     if not console.is_terminal:
         # Pipes and log files get the full table rather than one squeezed to 80 columns.
-        console = Console(highlight=False, width=max(console.width, 180), soft_wrap=True)
+        console = Console(highlight=False, width=max(console.width, 400), soft_wrap=True)
     if args.command == "bench":
         return _bench(args, argv, console)
     if args.command == "check":

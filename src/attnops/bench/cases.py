@@ -119,19 +119,25 @@ def vertical_slash_pattern(
 
     Verticals: the first 64 columns (attention sinks) then random columns.
     Slashes: a local band of diagonal offsets ``0 .. nnz_slash // 2 - 1``
-    (offset 0, the main diagonal, always included) then random offsets.
-    Both ``[batch, num_heads, nnz]`` on ``device``.
+    (offset 0, the main diagonal, always included), the rest in runs of 64
+    consecutive offsets at random distances, as attention to repeated
+    content looks. Both ``[batch, num_heads, nnz]`` on ``device``.
     """
     gen = torch.Generator().manual_seed(seed)
     heads = batch * num_heads
+    sinks = min(64, nnz_vertical)
+    others = torch.rand((heads, context - sinks), generator=gen).argsort(dim=1)[:, : nnz_vertical - sinks] + sinks
+    vertical = torch.cat([torch.arange(sinks).expand(heads, sinks), others], dim=1).sort(dim=1).values
 
-    def pick(fixed: int, count: int) -> torch.Tensor:
-        head = torch.arange(fixed).expand(heads, fixed)
-        rest = torch.rand((heads, context - fixed), generator=gen).argsort(dim=1)[:, : count - fixed] + fixed
-        return torch.cat([head, rest], dim=1)
-
-    vertical = pick(min(64, nnz_vertical), nnz_vertical).sort(dim=1).values
-    slash = pick(max(1, nnz_slash // 2), nnz_slash).sort(dim=1, descending=True).values
+    band = max(1, nnz_slash // 2)
+    run = 64
+    first_slot = -(-band // run)
+    runs = -(-(nnz_slash - band) // run)
+    if runs > context // run - first_slot:
+        raise ValueError(f"nnz_slash: {nnz_slash} slash offsets do not fit in runs of {run} below {context}")
+    slots = torch.rand((heads, context // run - first_slot), generator=gen).argsort(dim=1)[:, :runs] + first_slot
+    far = (slots[:, :, None] * run + torch.arange(run)).reshape(heads, -1)[:, : nnz_slash - band]
+    slash = torch.cat([torch.arange(band).expand(heads, band), far], dim=1).sort(dim=1, descending=True).values
     as_index = lambda t: t.to(torch.int32).reshape(batch, num_heads, -1).to(device)
     return as_index(vertical), as_index(slash)
 

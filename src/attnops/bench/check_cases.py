@@ -257,6 +257,12 @@ def _table_hits(
     return hits
 
 
+def _unsorted(entries: torch.Tensor, counts: torch.Tensor) -> int:
+    """Pairs of consecutive valid entries (the first ``counts[r]`` of row r) that do not strictly increase."""
+    pairs = torch.arange(1, entries.shape[-1]) < counts[:, None]
+    return int(((entries.diff(dim=-1) <= 0) & pairs).sum())
+
+
 def _tables_verdicts(
     tables: Outputs,
     q_seqlens: torch.Tensor,
@@ -290,9 +296,7 @@ def _tables_verdicts(
             malformed += int((hits > 1).sum())  # a key counted twice
             malformed += int((~is_vertical[cols[:rows][in_rows].long().clamp(0, kv - 1)]).sum())
             malformed += int((count[rows:] != 0).sum() + (col_count[rows:] != 0).sum())
-            for r in range(rows):
-                starts, picked = offset[r, : int(count[r])], cols[r, : int(col_count[r])]
-                malformed += int((starts.diff() <= 0).sum() + (picked.diff() <= 0).sum())
+            malformed += _unsorted(offset[:rows], count[:rows]) + _unsorted(cols[:rows], col_count[:rows])
     return [
         Verdict("tables cover the causal v/s mask (missing)", float(missing), 0.0),
         Verdict("tables well-formed (overlaps, strays, order)", float(malformed), 0.0),
@@ -390,6 +394,50 @@ def _vertical_slash_mergehead_case(q_len: int, heads: int, nnz_v: int, nnz_s: in
 
     label = f"q={q_len} heads={heads} v<={nnz_v} s<={nnz_s} block={block}"
     return CheckCase("sparse", "convert_vertical_slash_indexes_mergehead", label, run, verify, _tables_agree)
+
+
+def _sparse_prefill_case(q_len: int, kv_len: int, heads: int, kv_heads: int, dtype: torch.dtype) -> CheckCase:
+    from attnops.sparse import convert_vertical_slash_indexes, sparse_prefill_attention
+
+    block, head_size = 64, 64
+    q_seqlens, kv_seqlens, vertical, slash = _vs_inputs([q_len], [kv_len], heads, 24, 40)
+    tables = dict(
+        zip(
+            _TABLE_NAMES,
+            convert_vertical_slash_indexes(q_seqlens, kv_seqlens, vertical, slash, q_len, block, block),
+            strict=True,
+        )
+    )
+    gen = torch.Generator().manual_seed(8)
+    q = _randn((1, heads, q_len, head_size), dtype, gen)
+    k, v = (_randn((1, kv_heads, kv_len, head_size), dtype, gen) for _ in range(2))
+    scale = head_size**-0.5
+
+    def run(backend: str, device: torch.device) -> Outputs:
+        qd, kd, vd, *td = _to(device, q, k, v, *tables.values())
+        result = sparse_prefill_attention(
+            qd, kd, vd, *td, scale=scale, block_size_M=block, block_size_N=block, causal=True, backend=backend
+        )
+        out = result[0] if isinstance(result, tuple) else result
+        return _cpu(out=out)
+
+    def verify(out: Outputs) -> list[Verdict]:
+        rows = -(-q_len // block)
+        position = torch.arange(q_len)[:, None] + (kv_len - q_len)
+        causal = torch.arange(kv_len)[None, :] <= position
+        group = heads // kv_heads
+        expected = torch.empty((1, heads, q_len, head_size), dtype=torch.float64)
+        for h in range(heads):
+            t = {name: tables[name][0, h, :rows] for name in _TABLE_NAMES}
+            hits = _table_hits(t["block_count"], t["block_offset"], t["column_count"], t["column_index"], kv_len, block)
+            mask = (hits[torch.arange(q_len) // block] > 0) & causal
+            logits = (q[0, h].double() @ k[0, h // group].double().T) * scale
+            probs = torch.softmax(logits.masked_fill(~mask, -math.inf), dim=-1)
+            expected[0, h] = torch.nan_to_num(probs) @ v[0, h // group].double()
+        return [close("vs dense masked float64 attention", out["out"], expected, OUTPUT_TOL[dtype])]
+
+    label = f"{str(dtype).removeprefix('torch.')} q={q_len} kv={kv_len} heads={heads}/{kv_heads}"
+    return CheckCase("sparse", "sparse_prefill_attention", label, run, verify, agree_all({"out": OUTPUT_TOL[dtype]}))
 
 
 # --- paged decode ----------------------------------------------------------------------------------------------------
@@ -608,6 +656,7 @@ def all_cases(*, quick: bool = False) -> list[CheckCase]:
         _vertical_slash_case([1000], [1000], 2, 40, 60, 64),
     ]
     cases += _decode_cases(bf16, 8, 2, 128, 16, [0, 1, 37, 700])
+    cases += [_vertical_slash_mergehead_case(700, 2, 30, 50, 64), _sparse_prefill_case(300, 300, 2, 2, bf16)]
     if quick:
         return cases
     cases += [
@@ -618,9 +667,11 @@ def all_cases(*, quick: bool = False) -> list[CheckCase]:
         _topk_decode_case(2, 3, [40, 2500], 64, ties=True),
         _topk_decode_case(4, 1, [8192] * 4, 2048),
         _topk_prefill_case(8, 3000, 512),
-        _vertical_slash_case([2048, 1536], [2048, 2048], 4, 100, 300, 64),
+        _vertical_slash_case([1024, 768], [1024, 1024], 3, 100, 300, 64),
         _vertical_slash_case([777], [777], 2, 30, 50, 32),
         _vertical_slash_mergehead_case(1500, 3, 60, 90, 64),
+        _sparse_prefill_case(700, 1000, 4, 2, f32),
+        _sparse_prefill_case(513, 513, 2, 1, f16),
     ]
     cases += _decode_cases(f32, 4, 4, 64, 8, [3, 600, 1100], alibi=True)
     cases += _decode_cases(f16, 8, 1, 96, 32, [17, 513, 1024])
