@@ -200,3 +200,10 @@ def test_bad_input_raises_before_writing(name, bad, error):
         cache.reshape_and_cache(**args)
     torch.testing.assert_close(args["key_cache"], before_k, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(args["value_cache"], before_v, rtol=0, atol=0, equal_nan=True)
+
+
+def test_custom_op_registration_passes_opcheck():
+    key = torch.randn(3, 2, 32, dtype=torch.bfloat16)
+    key_cache, value_cache = empty_caches(2, 2, 32, 8, torch.uint8)
+    args = (key, key, key_cache, value_cache, torch.tensor([0, -1, 9]), "fp8", *scales(0.5, 2.0))
+    torch.library.opcheck(torch.ops.attnops.reshape_and_cache.default, args)

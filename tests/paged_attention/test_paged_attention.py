@@ -325,3 +325,19 @@ def test_paged_decode_random(seq_lens, num_kv_heads, group, block_size, head_siz
     )
     assert_out(out, want, dtype)
     torch.testing.assert_close(lse.double(), want_lse, rtol=1e-5, atol=1e-4)
+
+
+def test_custom_op_registration_passes_opcheck():
+    # Schema, fake implementation and tracing with dynamic shapes (what torch.compile relies on).
+    query, cache, _ = make_case([5, 600], 4, 2, 32, 8, torch.float16, seed=16)
+    out = torch.empty_like(query)
+    exp_sum, max_logits = torch.empty(2, 4, 2), torch.empty(2, 4, 2)
+    tmp_out = torch.empty(2, 4, 2, 32, dtype=torch.float16)
+    tail = (cache.key_cache, cache.value_cache, 2, 0.2, cache.block_tables, cache.seq_lens, 8, 600, None, "auto",
+            cache.k_scale, cache.v_scale)  # fmt: skip
+    torch.library.opcheck(torch.ops.attnops.paged_attention_v1.default, (out, query, *tail))
+    torch.library.opcheck(
+        torch.ops.attnops.paged_attention_v2.default, (out, exp_sum, max_logits, tmp_out, query, *tail)
+    )
+    decode_args = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.2, 600)
+    torch.library.opcheck(torch.ops.attnops.paged_decode.default, decode_args)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from attnops._common.dtypes import KV_CACHE_DTYPES, cache_storage_dtype, x_for
-from attnops._common.validate import check_choice, check_int, check_tensor
+from attnops._common.validate import check_choice, check_tensor
 
 HEAD_SIZES = (32, 64, 80, 96, 112, 120, 128, 192, 256)
 BLOCK_SIZES = (8, 16, 32)
@@ -65,8 +65,11 @@ def check_kv_caches(
     if num_blocks < 1 or num_kv_heads < 1:
         raise ValueError(f"key_cache: expected at least one block and one head, got shape {tuple(key_cache.shape)}")
     head_size = head_chunks * x
-    check_int("key_cache head size (shape[2] * x)", head_size, choices=HEAD_SIZES)
-    check_int("key_cache block size (shape[3])", block_size, choices=BLOCK_SIZES)
+    # Plain comparisons, not check_int: under torch.compile these sizes are SymInts.
+    if head_size not in HEAD_SIZES:
+        raise ValueError(f"key_cache: expected a head size (shape[2] * x) in {HEAD_SIZES}, got {head_size}")
+    if block_size not in BLOCK_SIZES:
+        raise ValueError(f"key_cache: expected a block size (shape[3]) in {BLOCK_SIZES}, got {block_size}")
     check_tensor(
         "value_cache",
         value_cache,

@@ -40,9 +40,8 @@ def _validate_attention_inputs(
     kv_cache_dtype: str,
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
-    extra_tensors: dict[str, torch.Tensor | None],
 ) -> CacheGeometry:
-    """The checks every paged decode op shares; ``extra_tensors`` join the same-device check."""
+    """The metadata checks of the inputs every paged decode op shares."""
     check_tensor("query", query, dtype=ATTENTION_DTYPES, ndim=3)
     num_seqs, num_heads, head_size = query.shape
     check_inner_contiguous("query", query, 1)
@@ -59,23 +58,20 @@ def _validate_attention_inputs(
         check_scale("v_scale", v_scale)
     if max_seq_len is not None:
         check_int("max_seq_len", max_seq_len, min_value=0)
-    check_same_device(
-        "query",
-        {
-            "query": query,
-            "key_cache": key_cache,
-            "value_cache": value_cache,
-            "block_tables": block_tables,
-            "seq_lens": seq_lens,
-            "alibi_slopes": alibi_slopes,
-            "k_scale": k_scale,
-            "v_scale": v_scale,
-            **extra_tensors,
-        },
-    )
+    return geometry
+
+
+def _check_devices_and_values(
+    tensors: dict[str, torch.Tensor | None],
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_seq_len: int | None,
+    geometry: CacheGeometry,
+) -> None:
+    """All ``tensors`` on the query's device; then, where affordable, the block-table values."""
+    check_same_device("query", tensors)
     if values_checked(seq_lens, block_tables):
         _check_table_values(block_tables, seq_lens, max_seq_len, geometry)
-    return geometry
 
 
 def _check_table_values(
@@ -117,15 +113,16 @@ def _validate_paged_attention(
     v2_buffers: dict[str, torch.Tensor] | None = None,
 ) -> BlockSparse | None:
     """Checks of ``paged_attention_v1``/``v2``; returns the block-sparse pattern, if any."""
-    check_tensor("query", query, dtype=ATTENTION_DTYPES, ndim=3)
-    check_tensor("out", out, dtype=query.dtype, shape=tuple(query.shape), contiguous=True)
     check_scale("k_scale", k_scale)
     check_scale("v_scale", v_scale)
     check_int("max_seq_len", max_seq_len, min_value=0)
     geometry = _validate_attention_inputs(
         query, key_cache, value_cache, block_tables, seq_lens, max_seq_len, alibi_slopes, kv_cache_dtype,
-        k_scale, v_scale, {"out": out, **(v2_buffers or {})},
+        k_scale, v_scale,
     )  # fmt: skip
+    check_tensor("out", out, dtype=query.dtype, shape=tuple(query.shape), contiguous=True)
+    if v2_buffers is not None:
+        _validate_v2_buffers(**v2_buffers, query=query, max_seq_len=max_seq_len)
     check_int("num_kv_heads", num_kv_heads, min_value=1)
     if num_kv_heads != geometry.num_kv_heads:
         raise ValueError(f"num_kv_heads: expected {geometry.num_kv_heads} (key_cache.shape[1]), got {num_kv_heads}")
@@ -138,9 +135,23 @@ def _validate_paged_attention(
     check_int("blocksparse_vert_stride", blocksparse_vert_stride)
     check_int("blocksparse_block_size", blocksparse_block_size)
     check_int("blocksparse_head_sliding_step", blocksparse_head_sliding_step)
+    if blocksparse_vert_stride > 1:
+        check_int("blocksparse_block_size", blocksparse_block_size, min_value=1)
+    tensors = {
+        "query": query,
+        "key_cache": key_cache,
+        "value_cache": value_cache,
+        "block_tables": block_tables,
+        "seq_lens": seq_lens,
+        "alibi_slopes": alibi_slopes,
+        "k_scale": k_scale,
+        "v_scale": v_scale,
+        "out": out,
+        **(v2_buffers or {}),
+    }
+    _check_devices_and_values(tensors, block_tables, seq_lens, max_seq_len, geometry)
     if blocksparse_vert_stride <= 1:
         return None
-    check_int("blocksparse_block_size", blocksparse_block_size, min_value=1)
     return BlockSparse(
         local_blocks=blocksparse_local_blocks,
         vert_stride=blocksparse_vert_stride,
@@ -153,8 +164,6 @@ def _validate_paged_attention(
 def _validate_v2_buffers(
     exp_sum: torch.Tensor, max_logits: torch.Tensor, tmp_out: torch.Tensor, query: torch.Tensor, max_seq_len: int
 ) -> None:
-    check_tensor("query", query, dtype=ATTENTION_DTYPES, ndim=3)
-    check_int("max_seq_len", max_seq_len, min_value=0)
     num_seqs, num_heads, head_size = query.shape
     check_tensor("exp_sum", exp_sum, dtype=torch.float32, shape=(num_seqs, num_heads, None), contiguous=True)
     num_partitions = exp_sum.shape[2]
@@ -304,7 +313,6 @@ def _paged_attention_v2_fake(
     blocksparse_head_sliding_step: int = 0,
     backend: str | None = None,
 ) -> None:
-    _validate_v2_buffers(exp_sum, max_logits, tmp_out, query, max_seq_len)
     _validate_paged_attention(
         out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
         alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
@@ -369,7 +377,6 @@ def paged_attention_v2(
     Raises:
         TypeError, ValueError: on bad input, before anything is written.
     """
-    _validate_v2_buffers(exp_sum, max_logits, tmp_out, query, max_seq_len)
     sparse = _validate_paged_attention(
         out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
         alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
@@ -397,10 +404,21 @@ def _validate_paged_decode(
 ) -> None:
     if scale is not None:
         check_float("scale", scale)
-    _validate_attention_inputs(
+    geometry = _validate_attention_inputs(
         query, key_cache, value_cache, block_tables, seq_lens, max_seq_len, alibi_slopes, kv_cache_dtype,
-        k_scale, v_scale, {},
+        k_scale, v_scale,
     )  # fmt: skip
+    tensors = {
+        "query": query,
+        "key_cache": key_cache,
+        "value_cache": value_cache,
+        "block_tables": block_tables,
+        "seq_lens": seq_lens,
+        "alibi_slopes": alibi_slopes,
+        "k_scale": k_scale,
+        "v_scale": v_scale,
+    }
+    _check_devices_and_values(tensors, block_tables, seq_lens, max_seq_len, geometry)
 
 
 def _paged_decode_fake(
