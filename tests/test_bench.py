@@ -11,6 +11,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from attnops._common.backend import triton_available
 from attnops.bench import bandwidth, report, shapes, timing
 
 
@@ -173,3 +174,96 @@ def test_write_plot_writes_a_png(tmp_path):
     rows = [_row(), _row(baseline=None, speedup_vs_baseline=None)]
     path = report.write_plot(tmp_path / "r.png", rows, 10.0, "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- backend discovery and the check machinery ---------------------------------------------------------------------
+
+
+def test_backends_come_from_the_dispatchers(monkeypatch):
+    from attnops.bench.backends import dispatchers, runnable_backends
+    from attnops.merge import api
+
+    assert dispatchers("merge") == {"merge_attn_states": api._dispatcher}
+    cpu = torch.device("cpu")
+    assert runnable_backends("merge", "merge_attn_states", cpu) == ["torch"]
+    # A Triton kernel registering itself is picked up; on CPU tensors it runs only under the interpreter.
+    monkeypatch.setitem(api._dispatcher.impls, "triton", api._dispatcher.impls["torch"])
+    assert runnable_backends("merge", "merge_attn_states", cpu) == ["torch"]
+    if triton_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert runnable_backends("merge", "merge_attn_states", cpu) == ["torch", "triton"]
+
+
+@pytest.mark.skipif(
+    not triton_available(), reason="Triton kernels run on CPU tensors only through Triton's interpreter"
+)
+def test_bench_and_check_cover_a_newly_registered_backend(monkeypatch):
+    from attnops.bench.bandwidth import BandwidthProbe
+    from attnops.bench.check_cases import all_cases
+    from attnops.bench.checks import _check_case
+    from attnops.bench.runner import BenchConfig, _bench_one
+    from attnops.merge import api
+
+    monkeypatch.setitem(api._dispatcher.impls, "triton", api._dispatcher.impls["torch"])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    config = BenchConfig(("merge",), torch.device("cpu"), budget_ms=0.0)
+    rows = _bench_one("merge", shapes.MergeShape(64), config, BandwidthProbe(1, 1.0, 1.0))
+    assert [r["backend"] for r in rows] == ["torch", "triton"]
+    assert all(r["baseline"]["name"] == "eager formula" for r in rows)
+    merge_case = next(c for c in all_cases(quick=True) if c.op == "merge_attn_states")
+    checked = _check_case(merge_case, [torch.device("cpu")])
+    assert {r.backend for r in checked} == {"torch", "triton"} and all(r.verdict.passed for r in checked)
+
+
+def test_max_abs_error_treats_matching_infinities_as_equal_and_nan_as_failure():
+    from attnops.bench.checks import max_abs_error
+
+    inf = float("inf")
+    assert max_abs_error(torch.tensor([-inf, 1.0]), torch.tensor([-inf, 1.5])) == 0.5
+    assert max_abs_error(torch.tensor([inf]), torch.tensor([-inf])) == inf
+    assert max_abs_error(torch.tensor([float("nan")]), torch.tensor([0.0])) == inf
+    assert max_abs_error(torch.empty(0), torch.empty(0)) == 0.0
+
+
+def test_gpu_runs_are_also_compared_with_the_cpu_reference():
+    from attnops.bench.checks import CheckCase, Verdict, _check_case, agree_all
+
+    runs = []
+
+    def run(backend, device):
+        runs.append(device.type)
+        # Stands in for a GPU result that differs from the CPU reference.
+        return {"out": torch.ones(3) * (2.0 if device.type == "meta" else 1.0)}
+
+    case = CheckCase(
+        "merge", "merge_attn_states", "fake", run, lambda out: [Verdict("own", 0.0, 0.0)], agree_all({"out": 0.1})
+    )
+    rows = _check_case(case, [torch.device("cpu"), torch.device("meta")])
+    assert runs == ["cpu", "meta", "cpu"]
+    assert [(r.device, r.verdict.check, r.verdict.passed) for r in rows] == [
+        ("cpu", "own", True),
+        ("meta", "own", True),
+        ("meta", "vs cpu torch (out)", False),
+    ]
+
+
+def test_every_quick_case_agrees_with_itself_and_catches_a_perturbation():
+    from attnops.bench.check_cases import all_cases
+
+    cpu = torch.device("cpu")
+    for case in all_cases(quick=True):
+        outputs = case.run("torch", cpu)
+        assert case.agree(outputs, outputs).passed, case.op
+        assert all(v.passed for v in case.verify(outputs)), case.op
+        broken = dict(outputs)
+        name = next(n for n in ("output", "out", "indices", "block_count", "key_cache") if n in outputs)
+        broken[name] = outputs[name].clone()
+        if name == "indices":
+            row = broken[name][-1]
+            row[0] = row[1]  # a duplicate index loses a top-k value
+        elif name in ("block_count", "key_cache"):
+            broken[name].view(-1)[broken[name].view(-1).argmax()] -= 1
+        else:
+            broken[name] += 1.0
+        assert not case.agree(broken, outputs).passed, case.op
+        assert not all(v.passed for v in case.verify(broken)), case.op

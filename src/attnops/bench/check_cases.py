@@ -167,17 +167,23 @@ def _topk_rows_verdict(
     return Verdict("vs torch.topk by values (bad rows)", float(bad), 0.0)
 
 
-def _selected_values(out: Outputs, r: int) -> torch.Tensor:
+def _selected_values(out: Outputs, r: int) -> torch.Tensor | None:
+    """Row r's selected logits, sorted; ``None`` when the selection has duplicates, strays or a wrong size."""
     start, length = int(out["starts"][r]), int(out["lengths"][r])
     row = out["logits"][r, start : start + length]
-    picked = out["indices"][r]
-    return row[picked[picked >= 0].long()].sort().values
+    picked = out["indices"][r][out["indices"][r] >= 0].long()
+    wanted = min(length, out["indices"].shape[1])
+    if picked.numel() != wanted or picked.unique().numel() != wanted or bool((picked >= length).any()):
+        return None
+    return row[picked].sort().values
 
 
 def _topk_agree(outputs: Outputs, reference: Outputs) -> Verdict:
     # Ties may be broken either way: compare the selected values, row by row.
-    rows = range(reference["indices"].shape[0])
-    bad = sum(not torch.equal(_selected_values(outputs, r), _selected_values(reference, r)) for r in rows)
+    bad = 0
+    for r in range(reference["indices"].shape[0]):
+        mine, theirs = _selected_values(outputs, r), _selected_values(reference, r)
+        bad += mine is None or theirs is None or not torch.equal(mine, theirs)
     return Verdict("vs cpu torch by values (bad rows)", float(bad), 0.0)
 
 

@@ -72,7 +72,7 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
         return 0.0
     a, e = actual.double(), expected.double()
     diff = torch.where(a == e, 0.0, (a - e).abs())
-    return float(torch.nan_to_num(diff, nan=math.inf).max())
+    return float(torch.nan_to_num(diff, nan=math.inf, posinf=math.inf).max())
 
 
 def close(check: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> Verdict:
@@ -80,15 +80,14 @@ def close(check: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) 
 
 
 def agree_all(tol_by_name: dict[str, float]) -> Callable[[Outputs, Outputs], Verdict]:
-    """``agree`` for ops whose outputs must match the reference elementwise (worst error / tol reported)."""
+    """``agree`` for outputs that must match the reference elementwise: the first failure, else the closest call."""
 
     def agree(outputs: Outputs, reference: Outputs) -> Verdict:
-        ratios = [
-            (max_abs_error(outputs[name], reference[name]) / tol if tol else 0.0, name, tol)
-            for name, tol in tol_by_name.items()
+        verdicts = [
+            close(f"vs cpu torch ({name})", outputs[name], reference[name], tol) for name, tol in tol_by_name.items()
         ]
-        ratio, name, tol = max(ratios)
-        return Verdict(f"vs cpu torch ({name})", ratio * tol if tol else ratio, tol)
+        failed = [v for v in verdicts if not v.passed]
+        return failed[0] if failed else max(verdicts, key=lambda v: v.error / v.tol if v.tol else 0.0)
 
     return agree
 
