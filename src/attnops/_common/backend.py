@@ -70,7 +70,7 @@ class Dispatcher:
             name = "triton" if has_triton and device.type == "cuda" else "torch"
         elif name == "triton":
             if not has_triton:
-                raise ValueError(f"backend: {self.op} has no Triton implementation available (Triton missing or no kernel)")
+                raise ValueError(f"backend: {self.op} has no Triton implementation (Triton missing or no kernel)")
             if not triton_device:
                 raise ValueError(
                     f"backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got tensors on {device}"

@@ -52,7 +52,7 @@ def check_tensor(
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
     if shape is not None:
-        for dim, (want, got) in enumerate(zip(shape, t.shape)):
+        for dim, (want, got) in enumerate(zip(shape, t.shape, strict=True)):
             if want is not None and want != got:
                 want_str = tuple("*" if s is None else s for s in shape)
                 raise ValueError(
@@ -79,7 +79,7 @@ def check_same_device(reference: str, tensors: dict[str, torch.Tensor | None]) -
     device = tensors[reference].device
     for name, t in tensors.items():
         if t is not None and t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (the device of {reference}), got one on {t.device}")
+            raise ValueError(f"{name}: expected a tensor on {device} (where {reference} is), got one on {t.device}")
     return device
 
 
