@@ -116,6 +116,7 @@ def _group_starts(
     valid = torch.cat([live[..., None], free_restart[..., None], restarts], dim=-1)
     # Stable compaction keeps the (ascending) slash order of the valid starts.
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
+    order = order[..., : max(1, int(valid.sum(-1).max()))]
     return starts.gather(-1, order), valid.gather(-1, order)
 
 
