@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnops",
         description="vLLM's attention-stage ops in Triton and portable PyTorch: demo, self-check and benchmarks.",
+        epilog="examples: attnops demo | attnops check --quick | attnops bench --device cpu --quick --ops merge topk",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{demo,check,bench}")
 
@@ -53,9 +54,16 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark the ops (SPEC §3 grid)",
         description="Time every op beside a plain-PyTorch baseline measured in the same run, report µs, GB/s and "
-        "%% of the device's measured peak copy bandwidth, write JSON and a PNG plot.",
+        "% of the device's measured peak copy bandwidth, write JSON and a PNG plot.",
     )
-    bench.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), metavar="OP", help=f"ops to run: {OPS}")
+    bench.add_argument(
+        "--ops",
+        nargs="+",
+        choices=OPS,
+        default=list(OPS),
+        metavar="OP",
+        help=f"ops to run (default: all): {', '.join(OPS)}",
+    )
     bench.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="device to run on (default: cuda if available)"
     )

@@ -1,7 +1,11 @@
-"""Benchmark harness behind ``attnops bench`` (and the op cases behind ``attnops check``).
+"""The machinery behind ``attnops bench``, ``attnops check`` and ``attnops demo``.
 
-Small modules, one concern each: ``shapes`` (the SPEC §3 grid and bytes per
-op), ``timing`` (CPU and CUDA timers), ``bandwidth`` (peak copy bandwidth of
-the device), ``backends`` (which backends each op has), ``environment``
-(device and versions), ``report`` (table, JSON, plot).
+Benchmarks: ``shapes`` (the SPEC §3 grid and the bytes each op moves),
+``timing`` (CPU and CUDA timers), ``bandwidth`` (the device's peak copy
+bandwidth), ``cases`` (per op: the calls to time and the same-run baseline),
+``runner`` (the loop, progress bar and result rows), ``report`` (table, JSON,
+plot), ``environment`` (device, versions, git commit).
+Checks: ``checks`` (verdicts, the loop and the table) and ``check_cases``
+(per op: problems and their independent float64 oracles).
+Shared: ``backends`` (which backends each op's dispatcher has); ``demo``.
 """
