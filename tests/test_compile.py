@@ -70,7 +70,7 @@ def _opcheck_cases():
         "top_k_per_row_decode": (logits, 2, seq_lens, indices, 6, 50, 1, TOPK),
         "convert_vertical_slash_indexes": (lens, lens, vertical, slash, 300, 64, 64),
         "convert_vertical_slash_indexes_mergehead": (lens, lens, vertical, slash, counts, counts, 300, 64, 64),
-        "sparse_prefill_attention": (q, k, k.flip(2), *tables, None, 64, 64, True),
+        "sparse_prefill_attention": (q, k, k.flip(2), *tables, None, 64, 64, True, None),
     }
 
 
