@@ -118,7 +118,7 @@ def write_plot(path: Path, rows: Sequence[dict[str, Any]], peak_gbps: float, tit
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("achieved bandwidth (GB/s, log scale)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> BenchResul
     report.print_table(report.bench_table(rows, probe.gbps, ascii_only=not console.is_terminal), console)
     stem = report.result_stem(config.ops, device_slug(config.device), started)
     json_path = report.write_json(config.out_dir / f"{stem}.json", payload)
-    title = f"attnops bench on {payload['device']['name']} ({', '.join(config.ops)})"
+    title = f"attnops bench on {payload['device']['name']}\n{', '.join(config.ops)}"
     plot_path = report.write_plot(config.out_dir / f"{stem}.png", rows, probe.gbps, title)
     console.print(f"wrote {json_path} and {plot_path}")
     return BenchResult(payload, json_path, plot_path)
