@@ -140,13 +140,14 @@ def partition_stats(
     first_pair = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     pair_part = torch.arange(pair_seq.numel(), device=device) - first_pair
     group = max(1, _GROUP_BYTES // (span * num_kv_heads * head_size * 4 * 2))
-    query_f = query.float().view(num_seqs, num_kv_heads, heads_per_kv, head_size)
+    # Scaling the query once is cheaper than scaling every logit.
+    query_f = (query.float() * scale).view(num_seqs, num_kv_heads, heads_per_kv, head_size)
     tables = block_tables.long()
     for start in range(0, pair_seq.numel(), group):
         seqs, parts = pair_seq[start : start + group], pair_part[start : start + group]
         m, s, o = _group_stats(
             query_f[seqs], key_cache, value_cache, tables[seqs], lens[seqs], parts, blocks_per_span,
-            scale, alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse, query.dtype,
+            alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse, query.dtype,
         )  # fmt: skip
         result.max_logits[seqs, :, parts] = m
         result.exp_sums[seqs, :, parts] = s
@@ -162,7 +163,6 @@ def _group_stats(
     lens: torch.Tensor,
     parts: torch.Tensor,
     blocks_per_span: int,
-    scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
     k_scale: torch.Tensor,
@@ -172,7 +172,7 @@ def _group_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(max logit, exp sum, normalised output) of each (sequence, partition) pair of one group.
 
-    ``query`` is fp32 ``[pairs, num_kv_heads, heads_per_kv, head_size]``; ``tables``, ``lens`` and
+    ``query`` is the scaled fp32 query ``[pairs, num_kv_heads, heads_per_kv, head_size]``; ``tables``, ``lens`` and
     ``parts`` give each pair's block table row, sequence length and partition index.
     """
     pairs, num_kv_heads, heads_per_kv, head_size = query.shape
@@ -188,27 +188,25 @@ def _group_stats(
     positions = (blocks[:, :, None] * block_size + torch.arange(block_size, device=device)).view(pairs, span)
     valid = positions < lens[:, None]
 
-    # [pairs, blocks, kv_heads, D/x, bs, x] -> [pairs, kv_heads, blocks, bs, D/x, x] = [pairs, kv_heads, span, D]
-    keys = _dense_fp32(key_cache[ids].permute(0, 2, 1, 4, 3, 5), kv_cache_dtype, k_scale, compute_dtype)
-    keys = keys.view(pairs, num_kv_heads, span, head_size)
-    logits = torch.matmul(query, keys.transpose(-1, -2)).view(pairs, num_heads, span)
-    logits.mul_(scale)
+    # [pairs, blocks, kv_heads, D/x, bs, x] -> [pairs, kv_heads, D/x, x, blocks, bs] = [pairs, kv_heads, D, span]:
+    # K transposed, the layout that both converts and multiplies fastest.
+    keys = _dense_fp32(key_cache[ids].permute(0, 2, 3, 5, 1, 4), kv_cache_dtype, k_scale, compute_dtype)
+    logits = torch.matmul(query, keys.view(pairs, num_kv_heads, head_size, span)).view(pairs, num_heads, span)
     if alibi_slopes is not None:
         logits += alibi_slopes[:, None] * (positions - lens[:, None] + 1)[:, None, :]
     if sparse is not None:
         attended = sparse.attended(blocks, lens, block_size, num_heads, num_kv_heads)
         attended = attended[:, :, :, None].expand(-1, -1, -1, block_size).reshape(pairs, num_heads, span)
         # vLLM gives skipped tokens the logit -FLT_MAX: they take part in the max and the exp sum.
-        logits = torch.where(attended, logits, -FLT_MAX)
-    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+        logits.masked_fill_(~attended, -FLT_MAX)
+    logits.masked_fill_(~valid[:, None, :], float("-inf"))
 
-    max_logits = logits.amax(-1).clamp(min=-FLT_MAX)
-    weights = torch.exp(logits - max_logits[..., None])
+    max_logits = logits.amax(-1).clamp_(min=-FLT_MAX)
+    weights = logits.sub_(max_logits[..., None]).exp_()
     exp_sums = weights.sum(-1)
     if sparse is not None:
         # Skipped blocks never reach the value product.
-        weights = weights.masked_fill(~attended, 0.0)
-    weights /= (exp_sums + SOFTMAX_EPS)[..., None]
+        weights.masked_fill_(~attended, 0.0)
 
     # [pairs, blocks, kv_heads, D, bs] -> [pairs, kv_heads, D, blocks, bs] = [pairs, kv_heads, D, span]
     values = _dense_fp32(value_cache[ids].permute(0, 2, 3, 1, 4), kv_cache_dtype, v_scale, compute_dtype)
@@ -219,7 +217,8 @@ def _group_stats(
         tail = partial.nonzero()[:, 0]
         values[tail] = values[tail].masked_fill(~valid[tail][:, None, None, :], 0.0)
     out = torch.matmul(weights.view(pairs, num_kv_heads, heads_per_kv, span), values.transpose(-1, -2))
-    return max_logits, exp_sums, out.view(pairs, num_heads, head_size)
+    out = out.view(pairs, num_heads, head_size) / (exp_sums + SOFTMAX_EPS)[..., None]
+    return max_logits, exp_sums, out
 
 
 def reduce_partitions(partitions: Partitions) -> tuple[torch.Tensor, torch.Tensor]:
