@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from attnops._common.chunking import chunk_budget
+
 # Tokens per chunk are chosen so that one chunk's fp32 temporaries stay near
 # this many elements, whatever the head count and size.
 _CHUNK_ELEMENTS = 1 << 22
@@ -72,7 +74,7 @@ def merge_attn_states(
     """Write the merged attention state into ``output`` (and ``output_lse``); inputs are validated."""
     num_tokens, num_heads, head_size = output.shape
     with_context = num_tokens if prefill_tokens_with_context is None else prefill_tokens_with_context
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, num_heads * head_size))
+    chunk = max(1, chunk_budget(output.device, _CHUNK_ELEMENTS) // max(1, num_heads * head_size))
     for start in range(0, num_tokens, chunk):
         end = min(start + chunk, num_tokens)
         merged, lse = _merge_chunk(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnops._common.chunking import chunk_budget
 from attnops._common.dtypes import fp8_dequantize, is_fp8
 
 PARTITION_SIZE = 512
@@ -140,7 +141,7 @@ def partition_stats(
     pair_seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), counts)
     first_pair = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     pair_part = torch.arange(pair_seq.numel(), device=device) - first_pair
-    group = max(1, _GROUP_BYTES // (span * num_kv_heads * head_size * 4 * 2))
+    group = max(1, chunk_budget(device, _GROUP_BYTES) // (span * num_kv_heads * head_size * 4 * 2))
     # Scaling the query once is cheaper than scaling every logit.
     query_f = (query.float() * scale).view(num_seqs, num_kv_heads, heads_per_kv, head_size)
     tables = block_tables.long()

@@ -47,6 +47,8 @@ import math
 
 import torch
 
+from attnops._common.chunking import chunk_budget
+
 # Intermediate tensors are kept near this many elements by chunking.
 _CHUNK_ELEMENTS = 1 << 24
 _BIG = 1 << 40
@@ -284,7 +286,7 @@ def convert_vertical_slash_indexes_mergehead(
     vertical, slash = per_pair(vertical_indexes), per_pair(slash_indexes)
     outputs = [t.view(batch * heads, num_rows, -1) for t in (block_count, block_offset, column_count, column_index)]
     outputs[0], outputs[2] = outputs[0].squeeze(-1), outputs[2].squeeze(-1)
-    step = max(1, _CHUNK_ELEMENTS // (num_rows * (max(nnz_v, nnz_s) + 2)))
+    step = max(1, chunk_budget(block_count.device, _CHUNK_ELEMENTS) // (num_rows * (max(nnz_v, nnz_s) + 2)))
     for p in range(0, batch * heads, step):
         part = slice(p, p + step)
         _convert_chunk(
@@ -431,8 +433,9 @@ def sparse_prefill_attention(
         return out, lse
     # Query heads sharing a KV head sit next to each other: [batch, kv_heads, group, ...].
     per_head_block = batch * group * block_size_M * kv_len
-    heads_per_step = max(1, min(kv_heads, _CHUNK_ELEMENTS // per_head_block))
-    rows_per_step = max(1, _CHUNK_ELEMENTS // (per_head_block * heads_per_step))
+    budget = chunk_budget(q.device, _CHUNK_ELEMENTS)
+    heads_per_step = max(1, min(kv_heads, budget // per_head_block))
+    rows_per_step = max(1, budget // (per_head_block * heads_per_step))
     num_rows = -(-q_len // block_size_M)
     for h in range(0, kv_heads, heads_per_step):
         kv_part = slice(h, h + heads_per_step)
@@ -474,7 +477,7 @@ def estimate_vertical_slash(
     offset = query[:, None] - key[None, :]  # diagonal offset of each (query, key); < 0 is in the future
     column_score = torch.empty(batch, heads, kv_len, dtype=torch.float32, device=q.device)
     slash_score = torch.zeros(batch, heads, kv_len, dtype=torch.float32, device=q.device)
-    heads_per_step = max(1, _CHUNK_ELEMENTS // max(1, batch * group * last_q * kv_len))
+    heads_per_step = max(1, chunk_budget(q.device, _CHUNK_ELEMENTS) // max(1, batch * group * last_q * kv_len))
     for h in range(0, kv_heads, heads_per_step):
         q_part = slice(h * group, (h + heads_per_step) * group)
         qf = q[:, q_part, q_len - last_q :].float().unflatten(1, (-1, group))
