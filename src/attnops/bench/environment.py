@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -57,7 +58,12 @@ def versions() -> dict[str, str | None]:
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
-    """``git rev-parse --short HEAD`` of the checkout holding this package, if there is one."""
+    """``git rev-parse --short HEAD`` of the checkout holding this package, if there is one.
+
+    ``ATTNOPS_GIT_COMMIT`` overrides it, for copies of the tree without ``.git`` (the GPU machine).
+    """
+    if os.environ.get("ATTNOPS_GIT_COMMIT"):
+        return os.environ["ATTNOPS_GIT_COMMIT"]
     where = cwd or Path(__file__).resolve().parent
     try:
         result = subprocess.run(
