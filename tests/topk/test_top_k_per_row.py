@@ -207,6 +207,92 @@ def test_row_chunks_agree(monkeypatch):
     assert torch.equal(run_prefill(logits, starts, ends, 6), whole)
 
 
+def spy(monkeypatch, name):
+    """Count the calls of ``reference.<name>`` (still calling through); returns the list of calls."""
+    from attnops.topk import reference
+
+    calls = []
+    original = getattr(reference, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reference, name, counted)
+    return calls
+
+
+def test_rows_inside_the_storage_are_read_through_a_view(monkeypatch):
+    viewed, gathered = spy(monkeypatch, "_read_window"), spy(monkeypatch, "_gather_ranges")
+    logits, _ = strided_logits(5, 40, stride0=43, stride1=1, offset=2, seed=13)
+    run_prefill(logits, [0, 3, 10, 1, 0], [40, 30, 40, 12, 25], 6)
+    run_decode(logits, 1, [40, 33, 7, 40, 12], 5, 6)
+    assert len(viewed) == 2 and not gathered
+
+
+def test_far_apart_ranges_are_gathered(monkeypatch):
+    viewed, gathered = spy(monkeypatch, "_read_window"), spy(monkeypatch, "_gather_ranges")
+    logits, _ = strided_logits(4, 300, seed=14)
+    # The common window [0, 300) is far wider than twice the longest range.
+    run_prefill(logits, [0, 280, 150, 140], [20, 300, 166, 150], 5)
+    assert gathered and not viewed
+
+
+def test_window_past_the_storage_end_is_gathered(monkeypatch):
+    viewed, gathered = spy(monkeypatch, "_read_window"), spy(monkeypatch, "_gather_ranges")
+    storage = torch.randn(2 * 30 + 12, generator=torch.Generator().manual_seed(15))
+    # The last row is short and the storage ends right after it, so a
+    # [3, 30] window would read past the end.
+    logits = torch.as_strided(storage, (3, 12), (30, 1))
+    run_decode(logits, 1, [30, 25, 12], 3, 8, stride0=30, stride1=1)
+    assert gathered and not viewed
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 50])
+def test_rows_selecting_minus_inf_are_redone_exactly(monkeypatch, chunk_elements):
+    from attnops.topk import reference
+
+    monkeypatch.setattr(reference, "_CHUNK_ELEMENTS", chunk_elements)
+    keyed = spy(monkeypatch, "_ordered_key")
+    logits, _ = strided_logits(6, 40, seed=16)
+    # Rows 1, 4 and 5 hold fewer finite values than k in their range, next to
+    # out-of-range -inf columns that a plain top-k over -inf padding could pick.
+    logits[1, :] = -INF
+    logits[1, 12:15] = torch.tensor([0.5, -3.0, 2.0])
+    logits[4, 5:] = -INF
+    logits[4, 20] = 1.0
+    logits[5, :] = -INF
+    logits[5, 30] = 4.0
+    starts, ends = [0, 4, 2, 0, 3, 25], [40, 36, 40, 31, 38, 40]
+    run_prefill(logits, starts, ends, 10)
+    assert keyed, "the exact fallback did not run"
+
+
+def nan_tensor(values):
+    """fp32 tensor from floats where "+nan" / "-nan" give NaNs with a clear / set sign bit."""
+    nans = {"+nan": 0x7FC00000, "-nan": -0x400000}
+    bits = torch.tensor([nans.get(v, 0) for v in values], dtype=torch.int32).view(torch.float32)
+    plain = torch.tensor([0.0 if v in nans else v for v in values], dtype=torch.float32)
+    return torch.where(torch.tensor([v in nans for v in values]), bits, plain)
+
+
+def test_nan_follows_the_bit_pattern_order():
+    # Like vLLM's radix key: positive NaN above +inf, negative NaN below -inf.
+    row = nan_tensor([1.0, "+nan", 2.0, "-nan", -INF, 3.0, INF, 0.0, -1.0, "-nan", 5.0, 4.0])
+    assert torch.signbit(row[3]) and not torch.signbit(row[1])
+    out = torch.full((2, 4), SENTINEL, dtype=torch.int32)
+    topk.top_k_per_row_decode(row.repeat(2, 1), 1, i32([12, 11]), out, 2, 12, 1, 4)
+    assert sorted(out[0].tolist()) == [1, 6, 10, 11]
+    assert sorted(out[1].tolist()) == [1, 5, 6, 10]
+
+    low = nan_tensor(["+nan"] + ["-nan"] * 6 + [-INF] * 6 + [2.0])
+    out = torch.full((1, 4), SENTINEL, dtype=torch.int32)
+    # Column 0 (+nan) is before the range [1, 14): never picked.
+    topk.top_k_per_row_prefill(low.reshape(1, -1), i32([1]), i32([14]), out, 1, 14, 1, 4)
+    picked = sorted(out[0].tolist())
+    assert picked[-1] == 12 and all(6 <= i < 12 for i in picked[:-1]), picked
+
+
 def test_custom_op_and_compile():
     logits, _ = strided_logits(4, 20, seed=12)
     starts, ends, seq_lens = i32([0, 2, 4, 6]), i32([20, 18, 10, 7]), i32([20, 15])
