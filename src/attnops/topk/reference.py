@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from attnops._common.chunking import chunk_budget
+
 # Rows per chunk are chosen so that one chunk's candidate matrix stays near
 # this many elements, whatever the row length.
 _CHUNK_ELEMENTS = 1 << 22
@@ -120,7 +122,7 @@ def _select_long_rows(
     # Where each row's range begins among its candidates.
     shift = starts - first if by_view else torch.zeros_like(starts)
     columns = torch.arange(width, device=logits.device)
-    chunk = max(1, _CHUNK_ELEMENTS // width)
+    chunk = max(1, chunk_budget(logits.device, _CHUNK_ELEMENTS) // width)
     for lo in range(0, rows.numel(), chunk):
         r, s, n = rows[lo : lo + chunk], shift[lo : lo + chunk, None], lengths[lo : lo + chunk, None]
         if by_view:
