@@ -11,6 +11,7 @@ eagerly should not pay.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -32,11 +33,16 @@ def register_op(name: str, *, mutates_args: Iterable[str], fake: Callable[..., A
     def decorate(impl: F) -> F:
         op = torch.library.custom_op(f"{LIBRARY}::{name}", impl, mutates_args=tuple(mutates_args))
         op.register_fake(fake)
+        signature = inspect.signature(impl)
 
         @functools.wraps(impl)
         def public(*args: Any, **kwargs: Any) -> Any:
             if torch.compiler.is_compiling():
-                return op(*args, **kwargs)
+                # Every argument is passed explicitly: PyTorch 2.11 fails on a mutable argument
+                # (e.g. merge's output_lse) left to its default.
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                return op(*bound.args, **bound.kwargs)
             return impl(*args, **kwargs)
 
         public.custom_op = op  # type: ignore[attr-defined]
