@@ -101,6 +101,11 @@ def _dense_fp32(
     return torch.empty(raw.shape, dtype=torch.float32, device=raw.device).copy_(raw)
 
 
+def _gather_blocks(cache: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``cache[ids]``: blocks ``[*ids.shape, *block_shape]``; ``index_select`` is several times faster on CPUs."""
+    return cache.index_select(0, ids.flatten()).view(*ids.shape, *cache.shape[1:])
+
+
 def partition_stats(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -192,7 +197,7 @@ def _group_stats(
 
     # [pairs, blocks, kv_heads, D/x, bs, x] -> [pairs, kv_heads, D/x, x, blocks, bs] = [pairs, kv_heads, D, span]:
     # K transposed, the layout that both converts and multiplies fastest.
-    keys = _dense_fp32(key_cache[ids].permute(0, 2, 3, 5, 1, 4), kv_cache_dtype, k_scale, compute_dtype)
+    keys = _dense_fp32(_gather_blocks(key_cache, ids).permute(0, 2, 3, 5, 1, 4), kv_cache_dtype, k_scale, compute_dtype)
     logits = torch.matmul(query, keys.view(pairs, num_kv_heads, head_size, span)).view(pairs, num_heads, span)
     if alibi_slopes is not None:
         logits += alibi_slopes[:, None] * (positions - lens[:, None] + 1)[:, None, :]
@@ -211,8 +216,8 @@ def _group_stats(
         weights.masked_fill_(~attended, 0.0)
 
     # [pairs, blocks, kv_heads, D, bs] -> [pairs, kv_heads, D, blocks, bs] = [pairs, kv_heads, D, span]
-    values = _dense_fp32(value_cache[ids].permute(0, 2, 3, 1, 4), kv_cache_dtype, v_scale, compute_dtype)
-    values = values.view(pairs, num_kv_heads, head_size, span)
+    values = _gather_blocks(value_cache, ids).permute(0, 2, 3, 1, 4)
+    values = _dense_fp32(values, kv_cache_dtype, v_scale, compute_dtype).view(pairs, num_kv_heads, head_size, span)
     partial = ~valid.all(-1)
     if bool(partial.any()):
         # Slots past the sequence end may hold NaN (vLLM zeroes them too); weight 0 would not clear them.
