@@ -39,6 +39,7 @@ PAYLOAD_KEYS = (
     "device",
     "versions",
     "git_commit",
+    "cpu_allocator",
     "quick",
     "budget_ms",
     "ops",

@@ -17,7 +17,7 @@ from attnops.bench import report
 from attnops.bench.backends import runnable_backends
 from attnops.bench.bandwidth import BandwidthProbe, gbps, measure_peak_bandwidth
 from attnops.bench.cases import BenchCase, build_case
-from attnops.bench.environment import device_info, device_slug, git_commit, versions
+from attnops.bench.environment import device_info, device_slug, git_commit, steady_cpu_allocator, versions
 from attnops.bench.shapes import Shape, grid, shape_params
 from attnops.bench.timing import Timing, time_fn
 
@@ -53,6 +53,7 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> BenchResul
     """Measure the peak bandwidth, time every case, print the table, write JSON and plot."""
     console = console or Console()
     started = datetime.now(timezone.utc)
+    allocator = steady_cpu_allocator() if config.device.type == "cpu" else None
     probe = measure_peak_bandwidth(config.device, nbytes=config.probe_bytes, budget_ms=config.per_call_budget_ms)
     console.print(f"peak copy bandwidth on {config.device}: {probe.gbps:.1f} GB/s")
     work = [(op, shape) for op in config.ops for shape in grid(op, quick=config.quick)]
@@ -64,7 +65,7 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> BenchResul
             progress.update(task, description=f"{op} {shape.label}")
             rows.extend(_bench_one(op, shape, config, probe))
             progress.advance(task)
-    payload = _payload(config, probe, rows, started)
+    payload = _payload(config, probe, rows, started, allocator)
     report.print_table(report.bench_table(rows, probe.gbps, ascii_only=not console.is_terminal), console)
     stem = report.result_stem(config.ops, device_slug(config.device), started)
     json_path = report.write_json(config.out_dir / f"{stem}.json", payload)
@@ -128,7 +129,11 @@ def _row(
 
 
 def _payload(
-    config: BenchConfig, probe: BandwidthProbe, rows: Sequence[dict[str, Any]], started: datetime
+    config: BenchConfig,
+    probe: BandwidthProbe,
+    rows: Sequence[dict[str, Any]],
+    started: datetime,
+    allocator: str | None,
 ) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
@@ -137,6 +142,7 @@ def _payload(
         "device": device_info(config.device),
         "versions": versions(),
         "git_commit": git_commit(),
+        "cpu_allocator": allocator,
         "quick": config.quick,
         "budget_ms": config.per_call_budget_ms,
         "ops": list(config.ops),
