@@ -65,7 +65,7 @@ def _opcheck_cases():
             cache.k_scale,
             cache.v_scale,
         ),
-        # Optional arguments passed explicitly: PyTorch 2.11 fails on a mutable one left to its default.
+        # The op schema gives mutable arguments no default (see attnops._common.registry).
         "merge_attn_states": (out, query, lse, query.flip(0), lse.flip(1), None, None, None),
         "top_k_per_row_prefill": (logits, starts, ends, indices, 6, 50, 1, TOPK),
         "top_k_per_row_decode": (logits, 2, seq_lens, indices, 6, 50, 1, TOPK),

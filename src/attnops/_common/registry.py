@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -31,15 +32,14 @@ def register_op(name: str, *, mutates_args: Iterable[str], fake: Callable[..., A
     """
 
     def decorate(impl: F) -> F:
-        op = torch.library.custom_op(f"{LIBRARY}::{name}", impl, mutates_args=tuple(mutates_args))
-        op.register_fake(fake)
+        mutated = tuple(mutates_args)
         signature = inspect.signature(impl)
+        op = torch.library.custom_op(f"{LIBRARY}::{name}", _schema_function(impl, mutated), mutates_args=mutated)
+        op.register_fake(fake)
 
         @functools.wraps(impl)
         def public(*args: Any, **kwargs: Any) -> Any:
             if torch.compiler.is_compiling():
-                # Every argument is passed explicitly: PyTorch 2.11 fails on a mutable argument
-                # (e.g. merge's output_lse) left to its default.
                 bound = signature.bind(*args, **kwargs)
                 bound.apply_defaults()
                 return op(*bound.args, **bound.kwargs)
@@ -49,3 +49,28 @@ def register_op(name: str, *, mutates_args: Iterable[str], fake: Callable[..., A
         return public  # type: ignore[return-value]
 
     return decorate
+
+
+def _schema_function(impl: Callable[..., Any], mutated: tuple[str, ...]) -> Callable[..., Any]:
+    """``impl`` with a signature whose mutated arguments (and those before them) have no default.
+
+    PyTorch (2.11 at least) drops trailing arguments equal to their schema default when it
+    re-dispatches a call, then fails to find a mutable argument such as merge's ``output_lse``
+    (``IndexError``). Without a default in the schema the argument is always passed; the public
+    function supplies vLLM's defaults.
+    """
+    hints = typing.get_type_hints(impl)
+    params = list(inspect.signature(impl).parameters.values())
+    last = max((i for i, p in enumerate(params) if p.name in mutated), default=-1)
+    params = [
+        p.replace(annotation=hints[p.name], default=inspect.Parameter.empty if i <= last else p.default)
+        for i, p in enumerate(params)
+    ]
+
+    def schema_function(*args: Any, **kwargs: Any) -> Any:
+        return impl(*args, **kwargs)
+
+    schema_function.__name__ = impl.__name__
+    returns = None if hints["return"] is type(None) else hints["return"]
+    schema_function.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    return schema_function
