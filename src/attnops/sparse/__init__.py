@@ -12,7 +12,7 @@ Layouts: ``q [batch, num_heads, q_len, head_size]``, ``k``/``v [batch,
 num_kv_heads, kv_len, head_size]``; ``vertical [batch, num_heads, nnz_v]``
 int32 key columns ascending, ``slash [batch, num_heads, nnz_s]`` int32
 diagonal offsets (``key = query + kv_len - q_len - s``) descending.
-``sparse_tables_to_mask`` (alias ``vertical_slash_mask``) gives the dense
+``sparse_tables_to_mask`` gives the dense
 boolean mask of a set of tables, for tests and benchmarks.
 """
 
@@ -22,7 +22,7 @@ from attnops.sparse.api import (
     estimate_vertical_slash,
     sparse_prefill_attention,
 )
-from attnops.sparse.reference import sparse_tables_to_mask, vertical_slash_mask
+from attnops.sparse.reference import sparse_tables_to_mask
 
 __all__ = [
     "convert_vertical_slash_indexes",
@@ -30,5 +30,4 @@ __all__ = [
     "estimate_vertical_slash",
     "sparse_prefill_attention",
     "sparse_tables_to_mask",
-    "vertical_slash_mask",
 ]

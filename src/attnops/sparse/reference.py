@@ -406,10 +406,6 @@ def sparse_tables_to_mask(
     return _rows_mask(tables, slice(0, num_rows), q_len, kv_len, block_size_M, block_size_N, causal)
 
 
-# Alias kept for readers who think of the pattern rather than the tables.
-vertical_slash_mask = sparse_tables_to_mask
-
-
 def sparse_prefill_attention(
     q: torch.Tensor,
     k: torch.Tensor,
