@@ -35,8 +35,8 @@ def _merge_chunk(
     s_lse = _empty_as_neg_inf(suffix_lse)
     max_lse = torch.maximum(p_lse, s_lse)
     both_empty = torch.isinf(max_lse)
-    # Shifting by 0 where both parts are empty avoids -inf - -inf = NaN; those
-    # entries are overwritten below anyway.
+    # Shifting by 0 where both parts are empty avoids -inf - -inf = NaN in the
+    # lse; the output of those entries is replaced below.
     shift = torch.where(both_empty, 0.0, max_lse)
     p_se = torch.exp(p_lse - shift)
     s_se = torch.exp(s_lse - shift)
@@ -44,9 +44,11 @@ def _merge_chunk(
     # Scale first, then multiply (as vLLM does), so large lse never overflow.
     p_scale = (p_se / out_se).unsqueeze(-1)
     s_scale = (s_se / out_se).unsqueeze(-1)
-    p_out = prefix_output.float()
-    merged = p_out * p_scale + suffix_output.float() * s_scale
-    merged = torch.where(both_empty.unsqueeze(-1), p_out, merged)
+    # fp32 products of the (possibly half-precision) inputs, without fp32 copies of them.
+    merged = torch.mul(prefix_output, p_scale)
+    merged.addcmul_(suffix_output, s_scale)
+    if bool(both_empty.any()):
+        merged[both_empty] = prefix_output[both_empty].float()
     lse = torch.where(both_empty, max_lse, torch.log(out_se) + max_lse)
     return merged, lse
 
