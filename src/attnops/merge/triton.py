@@ -1,0 +1,209 @@
+"""Triton ``merge_attn_states``: one memory-bound pass over both partial outputs.
+
+Grid ``(num_tokens, cdiv(num_heads, BLOCK_H))``: each program merges a
+``[BLOCK_H, BLOCK_D]`` tile (``BLOCK_H`` heads of one token, ``BLOCK_D`` the
+head size padded to a power of two and masked). Every element is read once
+from each partial output and written once; each lse entry is read (and
+the merged one written) once. Inputs are loaded in their storage dtype and merged
+in fp32, exactly as :mod:`attnops.merge.reference` does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from attnops.merge.api import _dispatcher
+
+# Bytes of one program's tile per input (4096 16-bit or 2048 fp32 elements):
+# with 4 warps, four 16-byte loads per input per thread are in flight to hide
+# memory latency, and long prefills still give thousands of programs.
+_TILE_BYTES = 8192
+_NUM_WARPS = 4
+# fp8 output formats: (largest finite value, exponent bias).
+_FP8_FORMATS = {torch.float8_e4m3fn: (448.0, 7), torch.float8_e4m3fnuz: (240.0, 8)}
+
+
+@triton.jit
+def _quantize_e4m3(x, BIAS: tl.constexpr):
+    """fp32 ``x`` (already clamped to the format's range) as e4m3 bytes, round-to-nearest-even.
+
+    ``BIAS`` 7 is e4m3fn, 8 is e4m3fnuz (no negative zero). The bits are
+    assembled by hand: NVIDIA GPUs have no e4m3fnuz conversion, and the
+    interpreter's fp8 casts do not round to nearest-even as the GPU and PyTorch do.
+    """
+    a = tl.abs(x)
+    bits = a.to(tl.uint32, bitcast=True)
+    # Normal range: round the fp32 mantissa to 3 bits (ties to even), then
+    # move the exponent from bias 127 to BIAS; a carry bumps the exponent.
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - ((127 - BIAS) << 3)
+    # Subnormals are multiples of 2^(-2 - BIAS): adding 2^23 rounds the multiple
+    # to an integer (ties to even) in fp32 arithmetic; code 8 is the smallest normal.
+    if BIAS == 8:
+        subnormal_unit_inv, min_normal = 1024.0, 0.0078125
+    else:
+        subnormal_unit_inv, min_normal = 512.0, 0.015625
+    subnormal = ((a * subnormal_unit_inv + 8388608.0) - 8388608.0).to(tl.uint32)
+    code = tl.where(a < min_normal, subnormal, normal)
+    sign = (x.to(tl.uint32, bitcast=True) >> 31) << 7
+    if BIAS == 8:
+        # 0x80 is NaN in e4m3fnuz, so a zero keeps a positive sign.
+        sign = tl.where(code == 0, 0, sign)
+    return (code | sign).to(tl.uint8)
+
+
+@triton.jit(do_not_specialize=["num_with_context"])
+def _merge_kernel(
+    out_ptr,
+    prefix_ptr,
+    prefix_lse_ptr,
+    suffix_ptr,
+    suffix_lse_ptr,
+    out_lse_ptr,
+    scale_ptr,
+    num_heads,
+    num_with_context,
+    out_stride_t,
+    out_stride_h,
+    prefix_stride_t,
+    prefix_stride_h,
+    suffix_stride_t,
+    suffix_stride_h,
+    prefix_lse_stride_h,
+    prefix_lse_stride_t,
+    suffix_lse_stride_h,
+    suffix_lse_stride_t,
+    out_lse_stride_h,
+    out_lse_stride_t,
+    HEAD_SIZE: tl.constexpr,
+    HAS_OUT_LSE: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+    FP8_BIAS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # int64 token index: token * stride can pass 2^31 for long prefills.
+    token = tl.program_id(0).to(tl.int64)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    dims = tl.arange(0, BLOCK_D)
+    head_mask = heads < num_heads
+    mask = head_mask[:, None] & (dims < HEAD_SIZE)[None, :]
+    # Tokens past the context have no prefix: its loads are masked off (no
+    # traffic). A per-head vector rather than a scalar flag, for the interpreter.
+    has_prefix = heads < tl.where(token < num_with_context, num_heads, 0)
+
+    p_lse = tl.load(
+        prefix_lse_ptr + heads * prefix_lse_stride_h + token * prefix_lse_stride_t,
+        mask=has_prefix,
+        other=float("-inf"),
+    )
+    s_lse_raw = tl.load(suffix_lse_ptr + heads * suffix_lse_stride_h + token * suffix_lse_stride_t, mask=head_mask)
+    prefix = tl.load(
+        prefix_ptr + token * prefix_stride_t + heads[:, None] * prefix_stride_h + dims[None, :],
+        mask=mask & has_prefix[:, None],
+        other=0.0,
+    ).to(tl.float32)
+    suffix = tl.load(
+        suffix_ptr + token * suffix_stride_t + heads[:, None] * suffix_stride_h + dims[None, :], mask=mask
+    ).to(tl.float32)
+
+    # An lse of +inf means an empty part, like -inf.
+    p_lse = tl.where(p_lse == float("inf"), float("-inf"), p_lse)
+    s_lse = tl.where(s_lse_raw == float("inf"), float("-inf"), s_lse_raw)
+    max_lse = tl.maximum(p_lse, s_lse)
+    both_empty = max_lse == float("-inf")
+    # Shift by 0 where both parts are empty, avoiding -inf - -inf = NaN.
+    shift = tl.where(both_empty, 0.0, max_lse)
+    p_se = tl.exp(p_lse - shift)
+    s_se = tl.exp(s_lse - shift)
+    out_se = p_se + s_se
+    # Scale first, then multiply (as vLLM does), so large lse never overflow.
+    p_scale = p_se / out_se
+    s_scale = s_se / out_se
+    merged = prefix * p_scale[:, None] + suffix * s_scale[:, None]
+    merged = tl.where(both_empty[:, None], prefix, merged)
+    merged = tl.where(has_prefix[:, None], merged, suffix)
+    lse = tl.where(both_empty, max_lse, tl.log(out_se) + max_lse)
+    lse = tl.where(has_prefix, lse, s_lse_raw)
+
+    out_ptrs = out_ptr + token * out_stride_t + heads[:, None] * out_stride_h + dims[None, :]
+    if HAS_SCALE:
+        # vLLM multiplies by the fp32 reciprocal of the scale and saturates.
+        merged = merged * (1.0 / tl.load(scale_ptr))
+        merged = tl.minimum(tl.maximum(merged, -FP8_MAX), FP8_MAX)
+        tl.store(out_ptrs, _quantize_e4m3(merged, FP8_BIAS), mask=mask)
+    else:
+        tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=mask)
+    if HAS_OUT_LSE:
+        tl.store(out_lse_ptr + heads * out_lse_stride_h + token * out_lse_stride_t, lse, mask=head_mask)
+
+
+@functools.cache
+def _launch_config(num_heads: int, head_size: int, element_size: int) -> tuple[int, int]:
+    """``(BLOCK_H, BLOCK_D)`` for one token's heads: a tile of about ``_TILE_BYTES`` per input."""
+    block_d = triton.next_power_of_2(head_size)
+    heads_per_tile = max(1, _TILE_BYTES // (block_d * element_size))
+    return min(triton.next_power_of_2(num_heads), heads_per_tile), block_d
+
+
+@_dispatcher.register("triton")
+def merge_attn_states(
+    output: torch.Tensor,
+    prefix_output: torch.Tensor,
+    prefix_lse: torch.Tensor,
+    suffix_output: torch.Tensor,
+    suffix_lse: torch.Tensor,
+    output_lse: torch.Tensor | None,
+    prefill_tokens_with_context: int | None,
+    output_scale: torch.Tensor | None,
+) -> None:
+    """Triton version of :func:`attnops.merge.reference.merge_attn_states` (inputs are validated).
+
+    Shapes: outputs ``[num_tokens, num_heads, head_size]`` (last-dim stride 1),
+    lse fp32 ``[num_heads, num_tokens]`` (any strides); ``output`` is fp8
+    (e4m3fn/e4m3fnuz) exactly when ``output_scale`` (one fp32 element) is given.
+    """
+    num_tokens, num_heads, head_size = output.shape
+    if num_tokens == 0:
+        return
+    block_h, block_d = _launch_config(num_heads, head_size, prefix_output.element_size())
+    has_scale = output_scale is not None
+    out_lse = prefix_lse if output_lse is None else output_lse
+    fp8_max, fp8_bias = _FP8_FORMATS.get(output.dtype, (0.0, 0))
+    grid = (num_tokens, triton.cdiv(num_heads, block_h))
+    _merge_kernel[grid](
+        # fp8 bytes are assembled in the kernel and stored as uint8.
+        output.view(torch.uint8) if has_scale else output,
+        prefix_output,
+        prefix_lse,
+        suffix_output,
+        suffix_lse,
+        out_lse,
+        output_scale if has_scale else prefix_lse,
+        num_heads,
+        num_tokens if prefill_tokens_with_context is None else prefill_tokens_with_context,
+        output.stride(0),
+        output.stride(1),
+        prefix_output.stride(0),
+        prefix_output.stride(1),
+        suffix_output.stride(0),
+        suffix_output.stride(1),
+        prefix_lse.stride(0),
+        prefix_lse.stride(1),
+        suffix_lse.stride(0),
+        suffix_lse.stride(1),
+        out_lse.stride(0),
+        out_lse.stride(1),
+        HEAD_SIZE=head_size,
+        HAS_OUT_LSE=output_lse is not None,
+        HAS_SCALE=has_scale,
+        FP8_MAX=fp8_max,
+        FP8_BIAS=fp8_bias,
+        BLOCK_H=block_h,
+        BLOCK_D=block_d,
+        num_warps=_NUM_WARPS,
+    )
