@@ -1,0 +1,58 @@
+"""Host overhead of one decode call: eager launch vs. CUDA-graph replay.
+
+``python -m attnops.bench.overhead`` times ``paged_attention_v1`` at 1×1024
+(bf16, 32 q / 8 kv heads, head 128, block 16) on the current CUDA device
+three ways: GPU time alone (``do_bench``), back-to-back eager calls (wall
+time per call, so host work that is not hidden behind the GPU shows), and
+replays of a captured CUDA graph. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+CALLS = 200
+
+
+def _wall_us_per_call(fn, calls: int = CALLS) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def measure(num_seqs: int = 1, context: int = 1024) -> dict[str, float]:
+    """GPU µs, eager wall µs per call and graph-replay wall µs per call."""
+    import triton.testing
+
+    from attnops.cache import make_paged_kv_cache
+    from attnops.paged_attention import paged_attention_v1
+
+    cache = make_paged_kv_cache([context] * num_seqs, 8, 128, 16, torch.bfloat16, device="cuda")
+    query = torch.randn(num_seqs, 32, 128, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(query)
+    args = (out, query, cache.key_cache, cache.value_cache, 8, 128**-0.5, cache.block_tables, cache.seq_lens, 16)
+    tail = (cache.max_seq_len, None, "auto", cache.k_scale, cache.v_scale)
+
+    def call() -> None:
+        paged_attention_v1(*args, *tail)
+
+    gpu_us = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median") * 1e3
+    eager_us = _wall_us_per_call(call)
+    graph = torch.cuda.CUDAGraph()
+    call()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        call()
+    graph_us = _wall_us_per_call(graph.replay)
+    return {"num_seqs": num_seqs, "context": context, "gpu_us": gpu_us, "eager_us": eager_us, "graph_us": graph_us}
+
+
+if __name__ == "__main__":
+    print(json.dumps({"device": torch.cuda.get_device_name(), **measure()}))
