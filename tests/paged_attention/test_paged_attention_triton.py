@@ -99,6 +99,19 @@ def test_v1_and_decode_match_torch(device, head_size, block_size, dtype, num_hea
     assert (out[0] == 0).all()
 
 
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "dtype"), [(4, 4, torch.float16), (8, 2, torch.bfloat16)])
+def test_one_split_writes_directly(device, num_heads, num_kv_heads, dtype):
+    # Block tables of at most 512 tokens: one launch writes out (and lse), empty sequences included.
+    cache, query, slopes = setup(device, [0, 1, 200, 0, 512], num_heads, num_kv_heads, 96, 32, dtype, alibi=True)
+    close(run_v1("triton", cache, query, slopes), run_v1("torch", cache, query, slopes), dtype)
+    out, lse = run_decode("triton", cache, query, slopes)
+    expected_out, expected_lse = run_decode("torch", cache, query, slopes)
+    close(out, expected_out, dtype)
+    close(lse, expected_lse, dtype)
+    assert (out[[0, 3]] == 0).all()
+    assert torch.isneginf(lse[:, [0, 3]]).all()
+
+
 @pytest.mark.parametrize(("dtype", "alibi"), [(torch.float32, True), (torch.bfloat16, False)])
 def test_v2_stats_and_untouched_partitions(device, dtype, alibi):
     lens = [0, 1, 511, 512, 513, 1025]
