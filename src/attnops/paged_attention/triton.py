@@ -37,6 +37,8 @@ _TILE_ELEMENTS = 8192
 # The reference's constants, as Triton needs globals used in kernels to be constexpr.
 _FLT_MAX = tl.constexpr(FLT_MAX)
 _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
+# The block-sparse arguments of dense calls (never read: SPARSE is off).
+_DENSE = BlockSparse(local_blocks=0, vert_stride=1, block_size=1, head_sliding_step=0, tp_rank=0)
 # Partitions reduced per step of the reduce kernel.
 _REDUCE_TILE = 16
 
@@ -56,8 +58,8 @@ def _dequantize(raw, scale, FP8: tl.constexpr, COMPUTE: tl.constexpr):
 def _logits(q, k, scale, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """Scaled logits, fp32 ``[GROUP_PAD, TILE]``, of ``q [GROUP_PAD, HEAD_PAD]`` (query dtype) and fp32 ``k``.
 
-    ``q`` and ``k`` hold query-dtype values (fp8 caches are rounded to it), exact in tf32, so the
-    tensor-core product equals the fp32 one.
+    ``q`` and ``k`` hold query-dtype values (fp8 caches are rounded to it): for fp16/bf16 they are
+    exact in tf32, so the tensor-core product equals the fp32 one; fp32 uses ``PRECISION`` tf32x3.
     """
     if USE_DOT:
         return tl.dot(q.to(tl.float32), k, input_precision=PRECISION) * scale
@@ -289,15 +291,17 @@ def _config(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtyp
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
     head_pad = triton.next_power_of_2(head_size)
+    # fp32 products (three tf32 products each) hold split operands: half the tile avoids spills.
+    tile_elements = _TILE_ELEMENTS // 2 if use_dot and dtype == torch.float32 else _TILE_ELEMENTS
     return {
         "HEADS_PER_KV": heads_per_kv,
         "GROUP_PAD": max(16, triton.next_power_of_2(heads_per_kv)) if use_dot else 1,
         "HEAD_SIZE": head_size,
         "HEAD_PAD": head_pad,
-        "TILE": max(16, min(64, _TILE_ELEMENTS // head_pad)),
+        "TILE": max(16, min(64, tile_elements // head_pad)),
         "USE_DOT": use_dot,
-        # fp32 products in full fp32, as the reference; tf32 is exact on half-precision values.
-        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+        # tf32 is exact on half-precision values; fp32 values take tf32x3 (about fp32 accuracy).
+        "PRECISION": "tf32x3" if dtype == torch.float32 else "tf32",
     }
 
 
@@ -324,7 +328,7 @@ def _partition(
     straight into ``out`` (and ``lse``) when ``stats`` is ``None`` (one split)."""
     num_seqs, num_heads, head_size = query.shape
     num_kv_heads = key_cache.shape[1]
-    pattern = sparse or BlockSparse(local_blocks=0, vert_stride=1, block_size=1, head_sliding_step=0, tp_rank=0)
+    pattern = sparse or _DENSE
     # Pointer arguments a launch does not use get a tensor that is never accessed.
     max_logits, exp_sums, split_out = stats or (out, out, out)
     _partition_kernel[(num_seqs, num_kv_heads, num_splits)](
