@@ -35,7 +35,8 @@ def sweep_shape(impl, num_seqs: int, context: int, peak: float) -> list[tuple]:
         overrides = {"TILE": tile, "num_warps": warps, "num_stages": stages}
         kernels._config = lambda *a, overrides=overrides: {**base_config(*a), **overrides}
         try:
-            us = triton.testing.do_bench(functools.partial(impl, *args, split), warmup=10, rep=40) * 1e3
+            call = functools.partial(impl, *args, split)
+            us = triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3
         except Exception as error:  # a configuration out of registers or shared memory
             rows.append((float("inf"), tile, warps, stages, split, type(error).__name__))
             continue
