@@ -164,8 +164,19 @@ def _partition_kernel(
             (sparse_tp_rank * num_heads + heads) * step + 1,
             (sparse_tp_rank * num_kv_heads + kv_head) * -step + 1,
         )
-    # Within a cache block: key element d of slot s at (d // X) * BLOCK_SIZE * X + s * X + d % X.
-    k_dim = (d // X) * (BLOCK_SIZE * X) + d % X
+    # Tiles are whole cache blocks, and every split starts at a block boundary.
+    tl.static_assert(TILE % BLOCK_SIZE == 0)
+    tl.static_assert(SPLIT % BLOCK_SIZE == 0)
+    tl.static_assert(HEAD_SIZE % X == 0)
+    n = tl.arange(0, TILE // BLOCK_SIZE)
+    slot = tl.arange(0, BLOCK_SIZE)
+    # The contiguous runs of the caches are innermost aranges, so the loads are vectorised:
+    # key chunk c of slot s holds X elements at c * BLOCK_SIZE * X + s * X, a value row d the
+    # BLOCK_SIZE slots at d * BLOCK_SIZE.
+    k_dim = (tl.arange(0, HEAD_PAD // X) * (BLOCK_SIZE * X))[None, None, :, None] + tl.arange(0, X)[None, None, None, :]
+    k_dim += (slot * X)[None, :, None, None]  # [1, BLOCK_SIZE, HEAD_PAD // X, X]
+    k_dim_mask = (tl.arange(0, HEAD_PAD // X) * X < HEAD_SIZE)[None, None, :, None]
+    v_dim = d[:, None, None] * BLOCK_SIZE + slot[None, None, :]  # [HEAD_PAD, 1, BLOCK_SIZE]
     k_base = key_cache + kv_head * k_stride_head
     v_base = value_cache + kv_head * v_stride_head
     table = block_tables + seq.to(tl.int64) * table_stride
@@ -177,13 +188,17 @@ def _partition_kernel(
     for tile_start in range(start, end, TILE):
         tok = tile_start + t
         valid = tok < end
+        blocks = tile_start // BLOCK_SIZE + n
         # Table entries past the sequence's last block are never read.
-        block = tl.load(table + tok // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        slot = tok % BLOCK_SIZE
-        kv_mask = d_mask[:, None] & valid[None, :]
+        block_valid = blocks * BLOCK_SIZE < end
+        block = tl.load(table + blocks, mask=block_valid, other=0).to(tl.int64)
+        # [TILE // BLOCK_SIZE, BLOCK_SIZE]: token t of the tile is slot t % BLOCK_SIZE of block t // BLOCK_SIZE.
+        slot_valid = (tile_start + n * BLOCK_SIZE)[:, None] + slot[None, :] < end
         # Slots past the sequence's end may hold NaN: masked to 0, they never reach the result.
-        k_ptrs = k_base + block[None, :] * k_stride_block + k_dim[:, None] + slot[None, :] * X
-        k = _dequantize(tl.load(k_ptrs, mask=kv_mask, other=0.0), ks, FP8, compute)  # [HEAD_PAD, TILE]
+        k_ptrs = k_base + block[:, None, None, None] * k_stride_block + k_dim
+        k_raw = tl.load(k_ptrs, mask=slot_valid[:, :, None, None] & k_dim_mask, other=0.0)
+        # [TILE // BLOCK_SIZE, BLOCK_SIZE, HEAD_PAD // X, X] -> [HEAD_PAD, TILE], in registers.
+        k = _dequantize(tl.trans(tl.reshape(k_raw, [TILE, HEAD_PAD])), ks, FP8, compute)
         logits = _logits(q, k, scale, USE_DOT, PRECISION)
         if HAS_ALIBI:
             logits += slopes[:, None] * (tok - seq_len + 1).to(tl.float32)[None, :]
@@ -202,8 +217,12 @@ def _partition_kernel(
         s = s * alpha + tl.sum(p, axis=1)
         if SPARSE:
             p = tl.where(attended, p, 0.0)
-        v_ptrs = v_base + block[None, :] * v_stride_block + d[:, None] * BLOCK_SIZE + slot[None, :]
-        v = _dequantize(tl.load(v_ptrs, mask=kv_mask, other=0.0), vs, FP8, compute)  # [HEAD_PAD, TILE]
+        v_ptrs = v_base + block[None, :, None] * v_stride_block + v_dim
+        # As in vLLM's kernel, whole blocks are read (a per-slot mask would split the vectors) and the
+        # slots past the end zeroed in registers: they may hold NaN, and 0 * NaN is NaN.
+        v_raw = tl.load(v_ptrs, mask=d_mask[:, None, None] & block_valid[None, :, None], other=0.0)
+        v = tl.where(slot_valid[None, :, :], _dequantize(v_raw, vs, FP8, compute), 0.0)
+        v = tl.reshape(v, [HEAD_PAD, TILE])  # [HEAD_PAD, TILE // BLOCK_SIZE, BLOCK_SIZE] -> [HEAD_PAD, TILE]
         acc = acc * alpha[:, None] + _weighted_values(p, v, USE_DOT, PRECISION)
         m = m_new
 
@@ -281,12 +300,15 @@ def _reduce_kernel(
 
 
 @functools.cache
-def _config(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtype) -> dict[str, object]:
-    """The partition kernel's shape constexprs.
+def _config(
+    num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype
+) -> dict[str, object]:
+    """The partition kernel's shape constexprs and launch options.
 
     GQA groups run their two products on tensor cores (``tl.dot`` needs 16 rows: the group is
     padded); a single head per kv head uses broadcast products. Tiles of 16 to 64 tokens keep a
-    K or V tile within ``_TILE_ELEMENTS``.
+    K or V tile within ``_TILE_ELEMENTS``, and hold whole cache blocks (at least one). Four warps
+    and two stages were the fastest of the launch-parameter sweep (bench/tuning).
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
@@ -298,10 +320,12 @@ def _config(num_heads: int, num_kv_heads: int, head_size: int, dtype: torch.dtyp
         "GROUP_PAD": max(16, triton.next_power_of_2(heads_per_kv)) if use_dot else 1,
         "HEAD_SIZE": head_size,
         "HEAD_PAD": head_pad,
-        "TILE": max(16, min(64, tile_elements // head_pad)),
+        "TILE": max(16, block_size, min(64, tile_elements // head_pad)),
         "USE_DOT": use_dot,
         # tf32 is exact on half-precision values; fp32 values take tf32x3 (about fp32 accuracy).
         "PRECISION": "tf32x3" if dtype == torch.float32 else "tf32",
+        "num_warps": 4,
+        "num_stages": 2,
     }
 
 
@@ -340,7 +364,8 @@ def _partition(
         pattern.local_blocks, pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
         BLOCK_SIZE=key_cache.shape[3], X=key_cache.shape[4], SPLIT=split, FP8=_FP8_KINDS[kv_cache_dtype],
         HAS_ALIBI=alibi_slopes is not None, SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None,
-        DIRECT=stats is None, WRITE_LSE=lse is not None, **_config(num_heads, num_kv_heads, head_size, query.dtype),
+        DIRECT=stats is None, WRITE_LSE=lse is not None,
+        **_config(num_heads, num_kv_heads, head_size, key_cache.shape[3], query.dtype),
     )  # fmt: skip
 
 
@@ -462,7 +487,10 @@ def paged_decode(
     v_scale: torch.Tensor,
     split: int = PARTITION_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`attnops.paged_attention.reference.paged_decode` on Triton: ``(out, lse [num_heads, num_seqs])``."""
+    """:func:`attnops.paged_attention.reference.paged_decode` on Triton: ``(out, lse [num_heads, num_seqs])``.
+
+    ``split`` (tokens per program) must be a multiple of the cache block size.
+    """
     num_seqs, num_heads, _ = query.shape
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     lse = torch.empty((num_heads, num_seqs), dtype=torch.float32, device=query.device)
