@@ -4,12 +4,16 @@
 (bf16, 32 q / 8 kv heads, head 128, block 16) on the current CUDA device
 three ways: GPU time alone (``do_bench``), back-to-back eager calls (wall
 time per call, so host work that is not hidden behind the GPU shows), and
-replays of a captured CUDA graph. Prints one JSON line.
+replays of a captured CUDA graph. Prints one JSON line; with ``--profile``
+also the host functions that cost the most in eager calls (cProfile).
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
+import pstats
+import sys
 import time
 
 import torch
@@ -27,10 +31,8 @@ def _wall_us_per_call(fn, calls: int = CALLS) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def measure(num_seqs: int = 1, context: int = 1024) -> dict[str, float]:
-    """GPU µs, eager wall µs per call and graph-replay wall µs per call."""
-    import triton.testing
-
+def _decode_call(num_seqs: int, context: int):
+    """A zero-argument eager ``paged_attention_v1`` call on a random bf16 cache (SPEC §3 geometry)."""
     from attnops.cache import make_paged_kv_cache
     from attnops.paged_attention import paged_attention_v1
 
@@ -43,6 +45,14 @@ def measure(num_seqs: int = 1, context: int = 1024) -> dict[str, float]:
     def call() -> None:
         paged_attention_v1(*args, *tail)
 
+    return call
+
+
+def measure(num_seqs: int = 1, context: int = 1024) -> dict[str, float]:
+    """GPU µs, eager wall µs per call and graph-replay wall µs per call."""
+    import triton.testing
+
+    call = _decode_call(num_seqs, context)
     gpu_us = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median") * 1e3
     eager_us = _wall_us_per_call(call)
     graph = torch.cuda.CUDAGraph()
@@ -54,5 +64,21 @@ def measure(num_seqs: int = 1, context: int = 1024) -> dict[str, float]:
     return {"num_seqs": num_seqs, "context": context, "gpu_us": gpu_us, "eager_us": eager_us, "graph_us": graph_us}
 
 
+def profile(num_seqs: int = 1, context: int = 1024, top: int = 25) -> None:
+    """Print the host functions with the most own time over ``CALLS`` eager calls."""
+    call = _decode_call(num_seqs, context)
+    call()
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(CALLS):
+        call()
+    torch.cuda.synchronize()
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
 if __name__ == "__main__":
     print(json.dumps({"device": torch.cuda.get_device_name(), **measure()}))
+    if "--profile" in sys.argv[1:]:
+        profile()
