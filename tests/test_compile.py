@@ -124,3 +124,24 @@ def test_compiled_decode_step_matches_eager():
     assert torch.equal(got[1].sort(1).values, want[1].sort(1).values)
     torch.testing.assert_close(compiled_caches[0], eager_caches[0], equal_nan=True)
     torch.testing.assert_close(compiled_caches[1], eager_caches[1], equal_nan=True)
+
+
+def test_fake_implementations_validate_and_shape_outputs():
+    cases = _opcheck_cases()
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = lambda args: tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        merge = list(fake(cases["merge_attn_states"]))
+        merge[2] = merge[2].double()
+        with pytest.raises(TypeError, match="prefix_lse"):
+            torch.ops.attnops.merge_attn_states(*merge)
+        v2 = list(fake(cases["paged_attention_v2"]))
+        v2[1] = v2[1][:, :, :0]
+        with pytest.raises(ValueError, match="exp_sum"):
+            torch.ops.attnops.paged_attention_v2(*v2)
+        tables = torch.ops.attnops.convert_vertical_slash_indexes(*fake(cases["convert_vertical_slash_indexes"]))
+        assert [tuple(t.shape) for t in tables] == [(1, 1, 5), (1, 1, 5, 4), (1, 1, 5), (1, 1, 5, 4)]
+        out, lse = torch.ops.attnops.paged_decode(*fake(cases["paged_decode"]))
+        assert tuple(out.shape) == (len(SEQ_LENS), NUM_HEADS, HEAD_SIZE) and tuple(lse.shape) == (
+            NUM_HEADS,
+            len(SEQ_LENS),
+        )

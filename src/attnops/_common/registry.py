@@ -23,18 +23,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 LIBRARY = "attnops"
 
 
-def register_op(name: str, *, mutates_args: Iterable[str], fake: Callable[..., Any]) -> Callable[[F], F]:
+def register_op(
+    name: str,
+    *,
+    mutates_args: Iterable[str],
+    validate: Callable[..., Any],
+    outputs: Callable[..., Any] | None = None,
+) -> Callable[[F], F]:
     """Register ``impl`` as ``torch.ops.attnops.<name>`` and return its public wrapper.
 
-    ``impl``'s type hints give the op schema. ``fake`` takes the same
-    arguments, validates metadata and returns outputs of the right shape
-    (or ``None`` for ops that only write their arguments in place).
+    ``impl``'s type hints give the op schema. The fake implementation runs
+    ``validate`` and returns ``outputs(...)`` (``None`` for ops that only write
+    their arguments in place); both are called with the op's arguments *by
+    name*, each receiving only the parameters it declares.
     """
 
     def decorate(impl: F) -> F:
         mutated = tuple(mutates_args)
         signature = inspect.signature(impl)
         op = torch.library.custom_op(f"{LIBRARY}::{name}", _schema_function(impl, mutated), mutates_args=mutated)
+
+        def fake(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            _call_by_name(validate, bound.arguments)
+            return None if outputs is None else _call_by_name(outputs, bound.arguments)
+
         op.register_fake(fake)
 
         @functools.wraps(impl)
@@ -49,6 +63,12 @@ def register_op(name: str, *, mutates_args: Iterable[str], fake: Callable[..., A
         return public  # type: ignore[return-value]
 
     return decorate
+
+
+def _call_by_name(fn: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """``fn`` called with the entries of ``arguments`` that it has parameters for."""
+    names = inspect.signature(fn).parameters
+    return fn(**{key: value for key, value in arguments.items() if key in names})
 
 
 def _schema_function(impl: Callable[..., Any], mutated: tuple[str, ...]) -> Callable[..., Any]:

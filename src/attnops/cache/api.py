@@ -54,21 +54,7 @@ def _validate_reshape_and_cache(
 _dispatcher = Dispatcher("reshape_and_cache", reference.reshape_and_cache)
 
 
-def _reshape_and_cache_fake(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
-    backend: str | None = None,
-) -> None:
-    _validate_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale)
-
-
-@register_op("reshape_and_cache", mutates_args=("key_cache", "value_cache"), fake=_reshape_and_cache_fake)
+@register_op("reshape_and_cache", mutates_args=("key_cache", "value_cache"), validate=_validate_reshape_and_cache)
 def reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,

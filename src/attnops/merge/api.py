@@ -67,30 +67,7 @@ def _validate_merge_attn_states(
 _dispatcher = Dispatcher("merge_attn_states", reference.merge_attn_states)
 
 
-def _merge_attn_states_fake(
-    output: torch.Tensor,
-    prefix_output: torch.Tensor,
-    prefix_lse: torch.Tensor,
-    suffix_output: torch.Tensor,
-    suffix_lse: torch.Tensor,
-    output_lse: torch.Tensor | None = None,
-    prefill_tokens_with_context: int | None = None,
-    output_scale: torch.Tensor | None = None,
-    backend: str | None = None,
-) -> None:
-    _validate_merge_attn_states(
-        output,
-        prefix_output,
-        prefix_lse,
-        suffix_output,
-        suffix_lse,
-        output_lse,
-        prefill_tokens_with_context,
-        output_scale,
-    )
-
-
-@register_op("merge_attn_states", mutates_args=("output", "output_lse"), fake=_merge_attn_states_fake)
+@register_op("merge_attn_states", mutates_args=("output", "output_lse"), validate=_validate_merge_attn_states)
 def merge_attn_states(
     output: torch.Tensor,
     prefix_output: torch.Tensor,

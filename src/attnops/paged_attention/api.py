@@ -110,9 +110,11 @@ def _validate_paged_attention(
     blocksparse_vert_stride: int,
     blocksparse_block_size: int,
     blocksparse_head_sliding_step: int,
-    v2_buffers: dict[str, torch.Tensor] | None = None,
+    exp_sum: torch.Tensor | None = None,
+    max_logits: torch.Tensor | None = None,
+    tmp_out: torch.Tensor | None = None,
 ) -> BlockSparse | None:
-    """Checks of ``paged_attention_v1``/``v2``; returns the block-sparse pattern, if any."""
+    """Checks of ``paged_attention_v1`` and (with its buffers) ``v2``; returns the block-sparse pattern, if any."""
     check_scale("k_scale", k_scale)
     check_scale("v_scale", v_scale)
     check_int("max_seq_len", max_seq_len, min_value=0)
@@ -121,7 +123,8 @@ def _validate_paged_attention(
         k_scale, v_scale,
     )  # fmt: skip
     check_tensor("out", out, dtype=query.dtype, shape=tuple(query.shape), contiguous=True)
-    if v2_buffers is not None:
+    v2_buffers = {} if exp_sum is None else {"exp_sum": exp_sum, "max_logits": max_logits, "tmp_out": tmp_out}
+    if v2_buffers:
         _validate_v2_buffers(**v2_buffers, query=query, max_seq_len=max_seq_len)
     check_int("num_kv_heads", num_kv_heads, min_value=1)
     if num_kv_heads != geometry.num_kv_heads:
@@ -147,7 +150,7 @@ def _validate_paged_attention(
         "k_scale": k_scale,
         "v_scale": v_scale,
         "out": out,
-        **(v2_buffers or {}),
+        **v2_buffers,
     }
     _check_devices_and_values(tensors, block_tables, seq_lens, max_seq_len, geometry)
     if blocksparse_vert_stride <= 1:
@@ -186,36 +189,7 @@ _v2_dispatcher = Dispatcher("paged_attention_v2", reference.paged_attention_v2)
 _decode_dispatcher = Dispatcher("paged_decode", reference.paged_decode)
 
 
-def _paged_attention_v1_fake(
-    out: torch.Tensor,
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    num_kv_heads: int,
-    scale: float,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    block_size: int,
-    max_seq_len: int,
-    alibi_slopes: torch.Tensor | None,
-    kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
-    tp_rank: int = 0,
-    blocksparse_local_blocks: int = 0,
-    blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64,
-    blocksparse_head_sliding_step: int = 0,
-    backend: str | None = None,
-) -> None:
-    _validate_paged_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
-        alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-        blocksparse_block_size, blocksparse_head_sliding_step,
-    )  # fmt: skip
-
-
-@register_op("paged_attention_v1", mutates_args=("out",), fake=_paged_attention_v1_fake)
+@register_op("paged_attention_v1", mutates_args=("out",), validate=_validate_paged_attention)
 def paged_attention_v1(
     out: torch.Tensor,
     query: torch.Tensor,
@@ -288,41 +262,8 @@ def paged_attention_v1(
     )  # fmt: skip
 
 
-def _paged_attention_v2_fake(
-    out: torch.Tensor,
-    exp_sum: torch.Tensor,
-    max_logits: torch.Tensor,
-    tmp_out: torch.Tensor,
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    num_kv_heads: int,
-    scale: float,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    block_size: int,
-    max_seq_len: int,
-    alibi_slopes: torch.Tensor | None,
-    kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
-    tp_rank: int = 0,
-    blocksparse_local_blocks: int = 0,
-    blocksparse_vert_stride: int = 0,
-    blocksparse_block_size: int = 64,
-    blocksparse_head_sliding_step: int = 0,
-    backend: str | None = None,
-) -> None:
-    _validate_paged_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
-        alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-        blocksparse_block_size, blocksparse_head_sliding_step,
-        {"exp_sum": exp_sum, "max_logits": max_logits, "tmp_out": tmp_out},
-    )  # fmt: skip
-
-
 @register_op(
-    "paged_attention_v2", mutates_args=("out", "exp_sum", "max_logits", "tmp_out"), fake=_paged_attention_v2_fake
+    "paged_attention_v2", mutates_args=("out", "exp_sum", "max_logits", "tmp_out"), validate=_validate_paged_attention
 )
 def paged_attention_v2(
     out: torch.Tensor,
@@ -381,7 +322,7 @@ def paged_attention_v2(
         out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
         alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
         blocksparse_block_size, blocksparse_head_sliding_step,
-        {"exp_sum": exp_sum, "max_logits": max_logits, "tmp_out": tmp_out},
+        exp_sum=exp_sum, max_logits=max_logits, tmp_out=tmp_out,
     )  # fmt: skip
     _v2_dispatcher.select(backend, query.device)(
         out, exp_sum, max_logits, tmp_out, query, key_cache, value_cache, block_tables, seq_lens, float(scale),
@@ -421,29 +362,13 @@ def _validate_paged_decode(
     _check_devices_and_values(tensors, block_tables, seq_lens, max_seq_len, geometry)
 
 
-def _paged_decode_fake(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float | None = None,
-    max_seq_len: int | None = None,
-    alibi_slopes: torch.Tensor | None = None,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    _validate_paged_decode(
-        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, alibi_slopes, kv_cache_dtype,
-        k_scale, v_scale,
-    )  # fmt: skip
+def _paged_decode_outputs(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake ``(out, lse)``: query-shaped output and fp32 ``[num_heads, num_seqs]`` lse."""
     num_seqs, num_heads, _ = query.shape
     return torch.empty_like(query), query.new_empty((num_heads, num_seqs), dtype=torch.float32)
 
 
-@register_op("paged_decode", mutates_args=(), fake=_paged_decode_fake)
+@register_op("paged_decode", mutates_args=(), validate=_validate_paged_decode, outputs=_paged_decode_outputs)
 def _paged_decode_op(
     query: torch.Tensor,
     key_cache: torch.Tensor,

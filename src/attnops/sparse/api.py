@@ -53,14 +53,14 @@ def _validate_convert(
     kv_seqlens: torch.Tensor,
     vertical_indexes: torch.Tensor,
     slash_indexes: torch.Tensor,
-    vertical_indices_count: torch.Tensor | None,
-    slash_indices_count: torch.Tensor | None,
     context_size: int,
     block_size_M: int,
     block_size_N: int,
     causal: bool,
+    vertical_indices_count: torch.Tensor | None = None,
+    slash_indices_count: torch.Tensor | None = None,
 ) -> None:
-    """Checks for both conversion ops (the plain one passes ``None`` counts)."""
+    """Checks for both conversion ops (the plain one has no counts)."""
     check_tensor("slash_indexes", slash_indexes, dtype=torch.int32, ndim=3)
     batch, heads, nnz_s = slash_indexes.shape
     check_tensor("vertical_indexes", vertical_indexes, dtype=torch.int32, shape=(batch, heads, None))
@@ -120,10 +120,15 @@ def _validate_convert(
 
 
 def _empty_tables(
-    q_seqlens: torch.Tensor, vertical_indexes: torch.Tensor, slash_indexes: torch.Tensor, context_size: int, M: int
+    q_seqlens: torch.Tensor,
+    vertical_indexes: torch.Tensor,
+    slash_indexes: torch.Tensor,
+    context_size: int,
+    block_size_M: int,
 ) -> Tables:
+    """Fake conversion outputs, shaped as vLLM allocates them."""
     batch, heads, nnz_s = slash_indexes.shape
-    rows = (context_size + M - 1) // M
+    rows = (context_size + block_size_M - 1) // block_size_M
     new = lambda *shape: torch.empty(*shape, dtype=torch.int32, device=q_seqlens.device)
     return (
         new(batch, heads, rows),
@@ -139,33 +144,7 @@ _mergehead_dispatcher = Dispatcher(
 )
 
 
-def _convert_fake(
-    q_seqlens: torch.Tensor,
-    kv_seqlens: torch.Tensor,
-    vertical_indexes: torch.Tensor,
-    slash_indexes: torch.Tensor,
-    context_size: int,
-    block_size_M: int,
-    block_size_N: int,
-    causal: bool = True,
-    backend: str | None = None,
-) -> Tables:
-    _validate_convert(
-        q_seqlens,
-        kv_seqlens,
-        vertical_indexes,
-        slash_indexes,
-        None,
-        None,
-        context_size,
-        block_size_M,
-        block_size_N,
-        causal,
-    )
-    return _empty_tables(q_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M)
-
-
-@register_op("convert_vertical_slash_indexes", mutates_args=(), fake=_convert_fake)
+@register_op("convert_vertical_slash_indexes", mutates_args=(), validate=_validate_convert, outputs=_empty_tables)
 def convert_vertical_slash_indexes(
     q_seqlens: torch.Tensor,
     kv_seqlens: torch.Tensor,
@@ -238,16 +217,7 @@ def convert_vertical_slash_indexes(
         TypeError, ValueError: on bad input, before anything runs.
     """
     _validate_convert(
-        q_seqlens,
-        kv_seqlens,
-        vertical_indexes,
-        slash_indexes,
-        None,
-        None,
-        context_size,
-        block_size_M,
-        block_size_N,
-        causal,
+        q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M, block_size_N, causal
     )
     impl = _convert_dispatcher.select(backend, q_seqlens.device)
     return impl(
@@ -255,35 +225,9 @@ def convert_vertical_slash_indexes(
     )
 
 
-def _mergehead_fake(
-    q_seqlens: torch.Tensor,
-    kv_seqlens: torch.Tensor,
-    vertical_indexes: torch.Tensor,
-    slash_indexes: torch.Tensor,
-    vertical_indices_count: torch.Tensor,
-    slash_indices_count: torch.Tensor,
-    context_size: int,
-    block_size_M: int,
-    block_size_N: int,
-    causal: bool = True,
-    backend: str | None = None,
-) -> Tables:
-    _validate_convert(
-        q_seqlens,
-        kv_seqlens,
-        vertical_indexes,
-        slash_indexes,
-        vertical_indices_count,
-        slash_indices_count,
-        context_size,
-        block_size_M,
-        block_size_N,
-        causal,
-    )
-    return _empty_tables(q_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M)
-
-
-@register_op("convert_vertical_slash_indexes_mergehead", mutates_args=(), fake=_mergehead_fake)
+@register_op(
+    "convert_vertical_slash_indexes_mergehead", mutates_args=(), validate=_validate_convert, outputs=_empty_tables
+)
 def convert_vertical_slash_indexes_mergehead(
     q_seqlens: torch.Tensor,
     kv_seqlens: torch.Tensor,
@@ -319,12 +263,12 @@ def convert_vertical_slash_indexes_mergehead(
         kv_seqlens,
         vertical_indexes,
         slash_indexes,
-        vertical_indices_count,
-        slash_indices_count,
         context_size,
         block_size_M,
         block_size_N,
         causal,
+        vertical_indices_count=vertical_indices_count,
+        slash_indices_count=slash_indices_count,
     )
     impl = _mergehead_dispatcher.select(backend, q_seqlens.device)
     return impl(
@@ -398,27 +342,14 @@ def _validate_sparse_prefill(
 _attention_dispatcher = Dispatcher("sparse_prefill_attention", reference.sparse_prefill_attention)
 
 
-def _sparse_prefill_fake(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_count: torch.Tensor,
-    block_offset: torch.Tensor,
-    column_count: torch.Tensor,
-    column_index: torch.Tensor,
-    scale: float | None,
-    block_size_M: int,
-    block_size_N: int,
-    causal: bool,
-    backend: str | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    _validate_sparse_prefill(
-        q, k, v, block_count, block_offset, column_count, column_index, scale, block_size_M, block_size_N, causal
-    )
+def _sparse_prefill_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake ``(out, lse)``: q-shaped output and fp32 ``[batch, num_heads, q_len]`` lse."""
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@register_op("sparse_prefill_attention", mutates_args=(), fake=_sparse_prefill_fake)
+@register_op(
+    "sparse_prefill_attention", mutates_args=(), validate=_validate_sparse_prefill, outputs=_sparse_prefill_outputs
+)
 def _sparse_prefill_attention(
     q: torch.Tensor,
     k: torch.Tensor,

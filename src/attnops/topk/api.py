@@ -120,37 +120,7 @@ _prefill_dispatcher = Dispatcher("top_k_per_row_prefill", reference.top_k_per_ro
 _decode_dispatcher = Dispatcher("top_k_per_row_decode", reference.top_k_per_row_decode)
 
 
-def _top_k_per_row_prefill_fake(
-    logits: torch.Tensor,
-    cu_seqlen_ks: torch.Tensor,
-    cu_seqlen_ke: torch.Tensor,
-    raw_topk_indices: torch.Tensor,
-    num_rows: int,
-    stride0: int,
-    stride1: int,
-    topk_tokens: int,
-    backend: str | None = None,
-) -> None:
-    _validate_top_k_per_row_prefill(
-        logits, cu_seqlen_ks, cu_seqlen_ke, raw_topk_indices, num_rows, stride0, stride1, topk_tokens
-    )
-
-
-def _top_k_per_row_decode_fake(
-    logits: torch.Tensor,
-    next_n: int,
-    seq_lens: torch.Tensor,
-    raw_topk_indices: torch.Tensor,
-    num_rows: int,
-    stride0: int,
-    stride1: int,
-    topk_tokens: int,
-    backend: str | None = None,
-) -> None:
-    _validate_top_k_per_row_decode(logits, next_n, seq_lens, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
-
-
-@register_op("top_k_per_row_prefill", mutates_args=("raw_topk_indices",), fake=_top_k_per_row_prefill_fake)
+@register_op("top_k_per_row_prefill", mutates_args=("raw_topk_indices",), validate=_validate_top_k_per_row_prefill)
 def top_k_per_row_prefill(
     logits: torch.Tensor,
     cu_seqlen_ks: torch.Tensor,
@@ -197,7 +167,7 @@ def top_k_per_row_prefill(
     impl(logits, cu_seqlen_ks, cu_seqlen_ke, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
 
 
-@register_op("top_k_per_row_decode", mutates_args=("raw_topk_indices",), fake=_top_k_per_row_decode_fake)
+@register_op("top_k_per_row_decode", mutates_args=("raw_topk_indices",), validate=_validate_top_k_per_row_decode)
 def top_k_per_row_decode(
     logits: torch.Tensor,
     next_n: int,
