@@ -1,58 +1,92 @@
-"""Launch-parameter sweep of the Triton paged-decode kernel (run on a GPU machine).
+"""Launch-parameter sweep of the Triton paged-decode kernels (run on a GPU machine).
 
-PYTHONPATH=src python bench/tuning/paged_decode_sweep.py
-Times paged_attention_v1 (bf16, 32 q / 8 kv heads, head 128, block 16) with
-do_bench (L2 flushed, median) over TILE × num_warps × num_stages × split and
-prints µs and % of the measured copy bandwidth, best first per shape.
+PYTHONPATH=src python bench/tuning/paged_decode_sweep.py [--quick]
+Times paged_attention_v1 and v2 (bf16, 32 q / 8 kv heads, head 128, block 16) with do_bench
+(L2 flushed, median) over the module constants of attnops.paged_attention.triton (tile tokens,
+warps, stages, programs per SM for the device-aware split) and prints µs and % of the measured
+copy bandwidth, best first per shape; then the SPEC §3 grid at the current defaults.
 """
 
-import functools
 import itertools
+import sys
 
 import torch
 import triton.testing
 
 from attnops.bench.bandwidth import measure_peak_bandwidth
 from attnops.cache import make_paged_kv_cache
+from attnops.paged_attention import PARTITION_SIZE
 from attnops.paged_attention import triton as kernels
-from attnops.paged_attention.api import _v1_dispatcher
 
-SHAPES = [(1, 16384), (8, 4096), (32, 4096), (128, 4096)]
-TILES, WARPS, STAGES, SPLITS = (32, 64, 128), (4, 8), (1, 2, 3, 4), (128, 512)
-base_config = kernels._config
+SWEEP_SHAPES = [(1, 4096), (1, 16384), (8, 4096), (32, 4096), (128, 4096)]
+GRID = [(s, c) for s in (1, 8, 32, 128) for c in (1024, 4096, 16384)]
+SPACE = {
+    "_TILE_TOKENS": (32, 64, 128),
+    "_NUM_WARPS": (4, 8),
+    "_NUM_STAGES": (2, 3, 4),
+    "_PROGRAMS_PER_SM": (2, 4, 8),
+}
+QUICK_SPACE = {"_TILE_TOKENS": (32, 64), "_NUM_WARPS": (4,), "_NUM_STAGES": (2, 3), "_PROGRAMS_PER_SM": (4,)}
 
 
-def sweep_shape(impl, num_seqs: int, context: int, peak: float) -> list[tuple]:
-    """(µs, TILE, num_warps, num_stages, split, % of peak) of every configuration at one shape."""
+def _calls(num_seqs: int, context: int):
+    """Zero-argument v1 and v2 Triton calls on a random cache, and the K+V bytes they read."""
     cache = make_paged_kv_cache([context] * num_seqs, 8, 128, 16, torch.bfloat16, device="cuda")
     query = torch.randn(num_seqs, 32, 128, dtype=torch.bfloat16, device="cuda")
     out = torch.empty_like(query)
-    args = (out, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 128**-0.5, None,
-            "auto", cache.k_scale, cache.v_scale, None)  # fmt: skip
-    nbytes = num_seqs * context * 8 * 128 * 2 * 2
-    rows = []
-    for tile, warps, stages, split in itertools.product(TILES, WARPS, STAGES, SPLITS):
-        overrides = {"TILE": tile, "num_warps": warps, "num_stages": stages}
-        kernels._config = lambda *a, overrides=overrides: {**base_config(*a), **overrides}
-        try:
-            call = functools.partial(impl, *args, split)
-            us = triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3
-        except Exception as error:  # a configuration out of registers or shared memory
-            rows.append((float("inf"), tile, warps, stages, split, type(error).__name__))
-            continue
-        finally:
-            kernels._config = base_config
-        rows.append((us, tile, warps, stages, split, f"{nbytes / us / 1e3 / peak * 100:.1f}%"))
-    return sorted(rows)
+    parts = -(-context // PARTITION_SIZE)
+    stats = torch.empty(2, num_seqs, 32, parts, device="cuda")
+    tmp = torch.empty(num_seqs, 32, parts, 128, dtype=torch.bfloat16, device="cuda")
+    common = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 128**-0.5, None,
+              "auto", cache.k_scale, cache.v_scale, None)  # fmt: skip
+
+    def v1():
+        kernels.paged_attention_v1(out, *common)
+
+    def v2():
+        kernels.paged_attention_v2(out, stats[0], stats[1], tmp, *common)
+
+    return v1, v2, num_seqs * context * 8 * 128 * 2 * 2
+
+
+def _set(values: dict) -> None:
+    for name, value in values.items():
+        setattr(kernels, name, value)
+    kernels._config.cache_clear()
+    kernels._auto_split.cache_clear()
+
+
+def _time(call) -> float:
+    try:
+        return triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3
+    except Exception:  # a configuration out of registers or shared memory
+        return float("inf")
 
 
 def main() -> None:
+    quick = "--quick" in sys.argv[1:]
     peak = measure_peak_bandwidth(torch.device("cuda"), nbytes=1 << 30, budget_ms=100).gbps
-    impl = _v1_dispatcher.impls["triton"]
-    for num_seqs, context in SHAPES:
-        print(f"seqs={num_seqs} ctx={context} peak={peak:.0f} GB/s")
-        for us, tile, warps, stages, split, note in sweep_shape(impl, num_seqs, context, peak)[:6]:
-            print(f"  us={us:.1f} TILE={tile} warps={warps} stages={stages} split={split} {note}")
+    print(f"{torch.cuda.get_device_name()} copy peak {peak:.0f} GB/s")
+    defaults = {name: getattr(kernels, name) for name in SPACE}
+    space = QUICK_SPACE if quick else SPACE
+    for num_seqs, context in SWEEP_SHAPES:
+        v1, v2, nbytes = _calls(num_seqs, context)
+        rows = []
+        for values in itertools.product(*space.values()):
+            _set(dict(zip(space, values, strict=True)))
+            rows.append((_time(v1), _time(v2), values))
+        _set(defaults)
+        print(f"seqs={num_seqs} ctx={context}  ({', '.join(space)})")
+        for t1, t2, values in sorted(rows)[:5]:
+            print(f"  v1 {t1:8.1f} us {nbytes / t1 / 1e3 / peak:6.1%}  v2 {t2:8.1f} us  {values}")
+    print(f"grid at defaults {defaults}")
+    for num_seqs, context in GRID:
+        v1, v2, nbytes = _calls(num_seqs, context)
+        t1, t2 = _time(v1), _time(v2)
+        print(
+            f"  seqs={num_seqs:3d} ctx={context:5d}  v1 {t1:8.1f} us {nbytes / t1 / 1e3:6.0f} GB/s "
+            f"{nbytes / t1 / 1e3 / peak:6.1%}   v2 {t2:8.1f} us {nbytes / t2 / 1e3 / peak:6.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -129,6 +129,26 @@ def test_v2_stats_and_untouched_partitions(device, dtype, alibi):
     close(got[0], run_v1("triton", cache, query, slopes), dtype)
 
 
+@pytest.mark.parametrize("split", [64, 128, 256])
+@pytest.mark.parametrize("sparse", [None, (2, 4, 16, 1, 0)])
+def test_v2_partitions_from_sub_splits(device, split, sparse):
+    # Small batches split each partition: the reduction folds the sub-splits into vLLM's partition stats.
+    from attnops.paged_attention import triton as kernels
+    from attnops.paged_attention.reference import BlockSparse
+
+    lens = [0, 1, 64, 65, 511, 512, 513, 1100]
+    cache, query, slopes = setup(device, lens, 4, 2, 64, 16, torch.float32, alibi=True)
+    expected = run_v2("torch", cache, query, slopes, 4, sparse or NO_SPARSE)
+    got = [torch.full_like(t, float("nan")) for t in expected]
+    pattern = None if sparse is None else BlockSparse(*sparse)
+    kernels.paged_attention_v2(
+        got[0], got[1], got[2], got[3], query, cache.key_cache, cache.value_cache, cache.block_tables,
+        cache.seq_lens, query.shape[2] ** -0.5, slopes, "auto", cache.k_scale, cache.v_scale, pattern, split=split,
+    )  # fmt: skip
+    for actual, want in zip(got, expected, strict=True):
+        close(actual, want, torch.float32, equal_nan=True)
+
+
 # (local_blocks, vert_stride, sparse block size, head_sliding_step, tp_rank)
 SPARSE = [(2, 4, 16, 1, 0), (1, 3, 32, -1, 1), (1, 8, 64, 2, 0)]
 

@@ -27,13 +27,19 @@ import torch
 import triton
 import triton.language as tl
 
+from attnops._common.backend import triton_interpreted
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
 
 # fp8 cache formats, as the kernel's FP8 constexpr.
 _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
-# Upper bound of HEAD_PAD * TILE: a K or V tile's size in registers.
-_TILE_ELEMENTS = 8192
+# Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py).
+_TILE_TOKENS = 64
+_NUM_WARPS = 4
+_NUM_STAGES = 2
+# Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
+_PROGRAMS_PER_SM = 4
+_MIN_SPLIT = 64
 # The reference's constants, as Triton needs globals used in kernels to be constexpr.
 _FLT_MAX = tl.constexpr(FLT_MAX)
 _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
@@ -45,39 +51,118 @@ _REDUCE_TILE = 16
 
 @triton.jit
 def _dequantize(raw, scale, FP8: tl.constexpr, COMPUTE: tl.constexpr):
-    """Cache elements as fp32; fp8 bytes decoded, scaled and rounded to ``COMPUTE`` (vLLM's ``scaled_convert``)."""
+    """Cache elements in the query dtype ``COMPUTE``: fp8 bytes decoded, scaled, rounded (vLLM's ``scaled_convert``)."""
     if FP8 == 1:
-        return (raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * scale).to(COMPUTE).to(tl.float32)
+        return (raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * scale).to(COMPUTE)
     elif FP8 == 2:
-        return (raw.to(tl.float8e5, bitcast=True).to(tl.float32) * scale).to(COMPUTE).to(tl.float32)
+        return (raw.to(tl.float8e5, bitcast=True).to(tl.float32) * scale).to(COMPUTE)
     else:
-        return raw.to(tl.float32)
+        return raw
 
 
 @triton.jit
-def _logits(q, k, scale, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """Scaled logits, fp32 ``[GROUP_PAD, TILE]``, of ``q [GROUP_PAD, HEAD_PAD]`` (query dtype) and fp32 ``k``.
-
-    ``q`` and ``k`` hold query-dtype values (fp8 caches are rounded to it): for fp16/bf16 they are
-    exact in tf32, so the tensor-core product equals the fp32 one; fp32 uses ``PRECISION`` tf32x3.
-    """
-    if USE_DOT:
-        return tl.dot(q.to(tl.float32), k, input_precision=PRECISION) * scale
+def _operand(x, HALF_DOT: tl.constexpr, COMPUTE: tl.constexpr):
+    """A product operand: the query dtype on tensor cores (GPU, fp16/bf16), else fp32."""
+    if HALF_DOT:
+        return x.to(COMPUTE)
     else:
-        return tl.sum(q.to(tl.float32)[:, :, None] * k[None, :, :], axis=1) * scale
+        return x.to(tl.float32)
 
 
 @triton.jit
-def _weighted_values(p, v, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """``p @ v.T``, fp32 ``[GROUP_PAD, HEAD_PAD]``, of fp32 ``p [GROUP_PAD, TILE]`` and fp32 ``v [HEAD_PAD, TILE]``.
+def _logits(q, k, scale, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """Scaled logits, fp32 ``[GROUP_PAD, TILE]``, of ``q [GROUP_PAD, HEAD_PAD]`` and ``k [HEAD_PAD, TILE]``.
 
-    On tensor cores as tf32 for half-precision caches: their values are exact in tf32, and ``p``
-    keeps 10 mantissa bits (vLLM rounds it to the query dtype).
+    Both hold query-dtype values (fp8 caches are rounded to it), so their products are exact in
+    fp32: the half-precision tensor-core product (fp32 accumulation) equals the fp32 one up to the
+    order of the sum. fp32 inputs use ``PRECISION`` (tf32x3, about fp32 accuracy).
     """
     if USE_DOT:
-        return tl.dot(p, tl.trans(v), input_precision=PRECISION)
+        if HALF_DOT:
+            return tl.dot(q, k) * scale
+        else:
+            return tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision=PRECISION) * scale
     else:
-        return tl.sum(p[:, None, :] * v[None, :, :], axis=2)
+        return tl.sum(q.to(tl.float32)[:, :, None] * k.to(tl.float32)[None, :, :], axis=1) * scale
+
+
+@triton.jit
+def _weighted_values(p, v, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """``p @ v.T``, fp32 ``[GROUP_PAD, HEAD_PAD]``, of fp32 ``p [GROUP_PAD, TILE]`` and ``v [HEAD_PAD, TILE]``.
+
+    On half-precision tensor cores ``p`` is rounded to the query dtype first, as vLLM's kernel does.
+    """
+    if USE_DOT:
+        if HALF_DOT:
+            return tl.dot(p.to(v.dtype), tl.trans(v))
+        else:
+            return tl.dot(p, tl.trans(v.to(tl.float32)), input_precision=PRECISION)
+    else:
+        return tl.sum(p[:, None, :] * v.to(tl.float32)[None, :, :], axis=2)
+
+
+@triton.jit
+def _tile(
+    m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+    k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
+    sparse_vert_stride, sparse_block_size,
+    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr,
+    FP8: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr,
+    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over the ``TILE`` tokens from ``tile_start``: the new ``(m, s, acc)``.
+
+    ``MASKED`` tiles may run past ``end``: tokens there are masked out and their cache slots,
+    which may hold NaN, never reach the result.
+    """
+    n = tl.arange(0, TILE // BLOCK_SIZE)
+    slot = tl.arange(0, BLOCK_SIZE)
+    tok = tile_start + tl.arange(0, TILE)
+    blocks = tile_start // BLOCK_SIZE + n
+    if MASKED:
+        # Table entries past the sequence's last block are never read.
+        block_valid = blocks * BLOCK_SIZE < end
+        block = tl.load(table + blocks, mask=block_valid, other=0).to(tl.int64)
+        # [TILE // BLOCK_SIZE, BLOCK_SIZE]: token t of the tile is slot t % BLOCK_SIZE of block t // BLOCK_SIZE.
+        slot_valid = (tile_start + n * BLOCK_SIZE)[:, None] + slot[None, :] < end
+        k_mask = slot_valid[:, :, None, None] & k_dim_mask
+    else:
+        block = tl.load(table + blocks).to(tl.int64)
+        k_mask = k_dim_mask
+    k_ptrs = k_base + block[:, None, None, None] * k_stride_block + k_dim
+    k_raw = tl.load(k_ptrs, mask=k_mask, other=0.0)
+    # [TILE // BLOCK_SIZE, BLOCK_SIZE, HEAD_PAD // X, X] -> [HEAD_PAD, TILE].
+    k = _dequantize(tl.trans(tl.reshape(k_raw, [TILE, HEAD_PAD])), ks, FP8, COMPUTE)
+    logits = _logits(q, _operand(k, HALF_DOT, COMPUTE), scale, USE_DOT, HALF_DOT, PRECISION)
+    if HAS_ALIBI:
+        logits += slopes[:, None] * (tok - seq_len + 1).to(tl.float32)[None, :]
+    if SPARSE:
+        sparse_block = (tok // BLOCK_SIZE) * BLOCK_SIZE // sparse_block_size
+        remote = (sparse_block[None, :] + offset[:, None]) % sparse_vert_stride == 0
+        local = sparse_block > query_block - sparse_local_blocks
+        attended = remote | local[None, :]
+        # As vLLM: skipped tokens take the logit -FLT_MAX (they count in the max and exp sum).
+        logits = tl.where(attended, logits, -_FLT_MAX)
+    if MASKED:
+        logits = tl.where((tok < end)[None, :], logits, float("-inf"))
+
+    m_new = tl.maximum(m, tl.max(logits, axis=1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(logits - m_new[:, None])
+    s = s * alpha + tl.sum(p, axis=1)
+    if SPARSE:
+        p = tl.where(attended, p, 0.0)
+    v_ptrs = v_base + block[None, :, None] * v_stride_block + v_dim
+    if MASKED:
+        # As in vLLM's kernel, whole blocks are read (a per-slot mask would split the vectors) and
+        # the slots past the end zeroed in registers: they may hold NaN, and 0 * NaN is NaN.
+        v_raw = tl.load(v_ptrs, mask=d_mask[:, None, None] & block_valid[None, :, None], other=0.0)
+        v = tl.where(slot_valid[None, :, :], _dequantize(v_raw, vs, FP8, COMPUTE), 0.0)
+    else:
+        v = _dequantize(tl.load(v_ptrs, mask=d_mask[:, None, None], other=0.0), vs, FP8, COMPUTE)
+    v = tl.reshape(v, [HEAD_PAD, TILE])  # [HEAD_PAD, TILE // BLOCK_SIZE, BLOCK_SIZE] -> [HEAD_PAD, TILE]
+    acc = acc * alpha[:, None] + _weighted_values(p, _operand(v, HALF_DOT, COMPUTE), USE_DOT, HALF_DOT, PRECISION)
+    return m_new, s, acc
 
 
 @triton.jit
@@ -126,6 +211,7 @@ def _partition_kernel(
     DIRECT: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     USE_DOT: tl.constexpr,
+    HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """The softmax statistics and normalised output of one split for one GQA group of heads."""
@@ -142,20 +228,21 @@ def _partition_kernel(
 
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_PAD)
-    t = tl.arange(0, TILE)
     g_mask = g < HEADS_PER_KV
     d_mask = d < HEAD_SIZE
     heads = kv_head * HEADS_PER_KV + g
     q_ptrs = query + seq.to(tl.int64) * query_stride + heads[:, None] * HEAD_SIZE + d[None, :]
     q = tl.load(q_ptrs, mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+    slopes = 0.0
     if HAS_ALIBI:
         slopes = tl.load(alibi_slopes + heads, mask=g_mask, other=0.0)
+    ks = 1.0
+    vs = 1.0
     if FP8 != 0:
         ks = tl.load(k_scale)
         vs = tl.load(v_scale)
-    else:
-        ks = 1.0
-        vs = 1.0
+    query_block = 0
+    offset = 0
     if SPARSE:
         query_block = (seq_len - 1) // sparse_block_size
         step = sparse_head_sliding_step
@@ -168,7 +255,6 @@ def _partition_kernel(
     tl.static_assert(TILE % BLOCK_SIZE == 0)
     tl.static_assert(SPLIT % BLOCK_SIZE == 0)
     tl.static_assert(HEAD_SIZE % X == 0)
-    n = tl.arange(0, TILE // BLOCK_SIZE)
     slot = tl.arange(0, BLOCK_SIZE)
     # The contiguous runs of the caches are innermost aranges, so the loads are vectorised:
     # key chunk c of slot s holds X elements at c * BLOCK_SIZE * X + s * X, a value row d the
@@ -185,46 +271,23 @@ def _partition_kernel(
     m = tl.full([GROUP_PAD], -_FLT_MAX, tl.float32)
     s = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
-    for tile_start in range(start, end, TILE):
-        tok = tile_start + t
-        valid = tok < end
-        blocks = tile_start // BLOCK_SIZE + n
-        # Table entries past the sequence's last block are never read.
-        block_valid = blocks * BLOCK_SIZE < end
-        block = tl.load(table + blocks, mask=block_valid, other=0).to(tl.int64)
-        # [TILE // BLOCK_SIZE, BLOCK_SIZE]: token t of the tile is slot t % BLOCK_SIZE of block t // BLOCK_SIZE.
-        slot_valid = (tile_start + n * BLOCK_SIZE)[:, None] + slot[None, :] < end
-        # Slots past the sequence's end may hold NaN: masked to 0, they never reach the result.
-        k_ptrs = k_base + block[:, None, None, None] * k_stride_block + k_dim
-        k_raw = tl.load(k_ptrs, mask=slot_valid[:, :, None, None] & k_dim_mask, other=0.0)
-        # [TILE // BLOCK_SIZE, BLOCK_SIZE, HEAD_PAD // X, X] -> [HEAD_PAD, TILE], in registers.
-        k = _dequantize(tl.trans(tl.reshape(k_raw, [TILE, HEAD_PAD])), ks, FP8, compute)
-        logits = _logits(q, k, scale, USE_DOT, PRECISION)
-        if HAS_ALIBI:
-            logits += slopes[:, None] * (tok - seq_len + 1).to(tl.float32)[None, :]
-        if SPARSE:
-            sparse_block = (tok // BLOCK_SIZE) * BLOCK_SIZE // sparse_block_size
-            remote = (sparse_block[None, :] + offset[:, None]) % sparse_vert_stride == 0
-            local = sparse_block > query_block - sparse_local_blocks
-            attended = remote | local[None, :]
-            # As vLLM: skipped tokens take the logit -FLT_MAX (they count in the max and exp sum).
-            logits = tl.where(attended, logits, -_FLT_MAX)
-        logits = tl.where(valid[None, :], logits, float("-inf"))
-
-        m_new = tl.maximum(m, tl.max(logits, axis=1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(logits - m_new[:, None])
-        s = s * alpha + tl.sum(p, axis=1)
-        if SPARSE:
-            p = tl.where(attended, p, 0.0)
-        v_ptrs = v_base + block[None, :, None] * v_stride_block + v_dim
-        # As in vLLM's kernel, whole blocks are read (a per-slot mask would split the vectors) and the
-        # slots past the end zeroed in registers: they may hold NaN, and 0 * NaN is NaN.
-        v_raw = tl.load(v_ptrs, mask=d_mask[:, None, None] & block_valid[None, :, None], other=0.0)
-        v = tl.where(slot_valid[None, :, :], _dequantize(v_raw, vs, FP8, compute), 0.0)
-        v = tl.reshape(v, [HEAD_PAD, TILE])  # [HEAD_PAD, TILE // BLOCK_SIZE, BLOCK_SIZE] -> [HEAD_PAD, TILE]
-        acc = acc * alpha[:, None] + _weighted_values(p, v, USE_DOT, PRECISION)
-        m = m_new
+    # Full tiles load without per-slot masks (the loads go straight to the products); the last,
+    # partial tile of the split is masked.
+    full_end = start + (end - start) // TILE * TILE
+    for tile_start in range(start, full_end, TILE):
+        m, s, acc = _tile(
+            m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+            k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
+            sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
+            USE_DOT, HALF_DOT, PRECISION, False,
+        )  # fmt: skip
+    if full_end < end:
+        m, s, acc = _tile(
+            m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+            k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
+            sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
+            USE_DOT, HALF_DOT, PRECISION, True,
+        )  # fmt: skip
 
     result = acc / (s + _SOFTMAX_EPS)[:, None]
     rows = (seq * num_heads + heads).to(tl.int64) * num_splits + split
@@ -251,17 +314,27 @@ def _reduce_kernel(
     max_logits,  # fp32 [num_seqs, num_heads, num_splits]
     exp_sums,  # fp32 [num_seqs, num_heads, num_splits]
     split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE]
+    part_max,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
+    part_sum,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
+    part_out,  # [num_seqs, num_heads, num_partitions, HEAD_SIZE] (written only with WRITE_PARTITIONS)
     seq_lens,  # int32 [num_seqs]
     num_seqs,
     num_heads,
     num_splits,
+    num_partitions,
     HEAD_SIZE: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     SPLIT: tl.constexpr,
     REDUCE_TILE: tl.constexpr,
     WRITE_LSE: tl.constexpr,
+    WRITE_PARTITIONS: tl.constexpr,
 ):
-    """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses."""
+    """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses.
+
+    With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``REDUCE_TILE`` of them
+    per partition: each step also folds its tile into that partition's statistics (max logit, exp
+    sum, output / (exp sum + 1e-6)), as the partition kernel writes them when a split is a partition.
+    """
     seq = tl.program_id(0)
     head = tl.program_id(1)
     count = tl.cdiv(tl.load(seq_lens + seq), SPLIT)
@@ -283,11 +356,22 @@ def _reduce_kernel(
         part = first + p
         used = part < count
         m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX)
-        weight = tl.load(exp_sums + base + part, mask=used, other=0.0) * tl.exp(m - global_max)
+        s = tl.load(exp_sums + base + part, mask=used, other=0.0)
+        weight = s * tl.exp(m - global_max)
         total += weight
         o_ptrs = split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :]
         o = tl.load(o_ptrs, mask=used[:, None] & d_mask[None, :], other=0.0)
         acc += tl.sum(weight[:, None] * o, axis=0)
+        if WRITE_PARTITIONS:
+            # A split's output is its acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
+            tile_max = tl.max(m, axis=0)
+            rescale = tl.exp(m - tile_max)
+            tile_sum = tl.sum(s * rescale, axis=0)
+            tile_out = tl.sum(((s + _SOFTMAX_EPS) * rescale)[:, None] * o, axis=0) / (tile_sum + _SOFTMAX_EPS)
+            slot = row * num_partitions + first // REDUCE_TILE
+            tl.store(part_max + slot, tile_max)
+            tl.store(part_sum + slot, tile_sum)
+            tl.store(part_out + slot * HEAD_SIZE + d, tile_out.to(part_out.dtype.element_ty), mask=d_mask)
     total_sum = tl.sum(total, axis=0)
     merged = acc / (total_sum + _SOFTMAX_EPS)
     # A one-split sequence takes its split's output as is (zeros for an empty sequence).
@@ -301,32 +385,51 @@ def _reduce_kernel(
 
 @functools.cache
 def _config(
-    num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype
+    num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype, interpreted: bool
 ) -> dict[str, object]:
     """The partition kernel's shape constexprs and launch options.
 
     GQA groups run their two products on tensor cores (``tl.dot`` needs 16 rows: the group is
-    padded); a single head per kv head uses broadcast products. Tiles of 16 to 64 tokens keep a
-    K or V tile within ``_TILE_ELEMENTS``, and hold whole cache blocks (at least one). Four warps
-    and two stages were the fastest of the launch-parameter sweep (bench/tuning).
+    padded), in the query dtype for fp16/bf16 on the GPU (the CPU interpreter's half-precision
+    ``tl.dot`` is unreliable, so there they run in fp32); a single head per kv head uses broadcast
+    products. Tiles hold ``_TILE_TOKENS`` tokens (at least one whole cache block).
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
-    head_pad = triton.next_power_of_2(head_size)
-    # fp32 products (three tf32 products each) hold split operands: half the tile avoids spills.
-    tile_elements = _TILE_ELEMENTS // 2 if use_dot and dtype == torch.float32 else _TILE_ELEMENTS
     return {
         "HEADS_PER_KV": heads_per_kv,
         "GROUP_PAD": max(16, triton.next_power_of_2(heads_per_kv)) if use_dot else 1,
         "HEAD_SIZE": head_size,
-        "HEAD_PAD": head_pad,
-        "TILE": max(16, block_size, min(64, tile_elements // head_pad)),
+        "HEAD_PAD": triton.next_power_of_2(head_size),
+        "TILE": max(block_size, _TILE_TOKENS),
         "USE_DOT": use_dot,
-        # tf32 is exact on half-precision values; fp32 values take tf32x3 (about fp32 accuracy).
-        "PRECISION": "tf32x3" if dtype == torch.float32 else "tf32",
-        "num_warps": 4,
-        "num_stages": 2,
+        "HALF_DOT": use_dot and dtype != torch.float32 and not interpreted,
+        # fp32 values take tf32x3 (about fp32 accuracy).
+        "PRECISION": "tf32x3",
+        "num_warps": _NUM_WARPS,
+        "num_stages": _NUM_STAGES,
     }
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.cache
+def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.device) -> int:
+    """Tokens per program: the largest of ``PARTITION_SIZE, /2, /4, ...`` (down to ``_MIN_SPLIT``)
+    that still gives every SM ``_PROGRAMS_PER_SM`` programs, so that a few sequences fill the GPU.
+
+    ``capacity`` (the block table's tokens) stands for the context length, which only the device knows.
+    """
+    if device.type != "cuda":
+        return PARTITION_SIZE
+    wanted = _PROGRAMS_PER_SM * _sm_count(device)
+    split = PARTITION_SIZE
+    while split > _MIN_SPLIT and num_seqs * num_kv_heads * triton.cdiv(capacity, split) < wanted:
+        split //= 2
+    return split
 
 
 def _partition(
@@ -355,6 +458,7 @@ def _partition(
     pattern = sparse or _DENSE
     # Pointer arguments a launch does not use get a tensor that is never accessed.
     max_logits, exp_sums, split_out = stats or (out, out, out)
+    config = _config(num_heads, num_kv_heads, head_size, key_cache.shape[3], query.dtype, triton_interpreted())
     _partition_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, key_cache, value_cache, block_tables, seq_lens,
         seq_lens if alibi_slopes is None else alibi_slopes, k_scale, v_scale,
@@ -364,9 +468,16 @@ def _partition(
         pattern.local_blocks, pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
         BLOCK_SIZE=key_cache.shape[3], X=key_cache.shape[4], SPLIT=split, FP8=_FP8_KINDS[kv_cache_dtype],
         HAS_ALIBI=alibi_slopes is not None, SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None,
-        DIRECT=stats is None, WRITE_LSE=lse is not None,
-        **_config(num_heads, num_kv_heads, head_size, key_cache.shape[3], query.dtype),
+        DIRECT=stats is None, WRITE_LSE=lse is not None, **config,
     )  # fmt: skip
+
+
+def _scratch(num_seqs: int, num_heads: int, num_splits: int, head_size: int, device: torch.device) -> tuple:
+    """fp32 ``(max logits, exp sums, outputs)`` of every split, from one allocation."""
+    rows = num_seqs * num_heads * num_splits
+    buffer = torch.empty(rows * (head_size + 2), dtype=torch.float32, device=device)
+    max_logits, exp_sums, split_out = buffer.split([rows, rows, rows * head_size])
+    return max_logits, exp_sums, split_out.view(num_seqs, num_heads, num_splits, head_size)
 
 
 def _reduce(
@@ -375,14 +486,20 @@ def _reduce(
     stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     seq_lens: torch.Tensor,
     split: int,
+    partitions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Launches :func:`_reduce_kernel` over the splits in ``stats``."""
+    """Launches :func:`_reduce_kernel` over the splits in ``stats``; with ``partitions`` (v2's
+    max logits, exp sums and tmp_out) the splits are sub-splits of ``PARTITION_SIZE``-token
+    partitions, whose statistics it also writes."""
     max_logits, exp_sums, split_out = stats
     num_seqs, num_heads, num_splits, head_size = split_out.shape
+    part_max, part_sum, part_out = partitions or (exp_sums, exp_sums, exp_sums)
     _reduce_kernel[(num_seqs, num_heads)](
-        out, exp_sums if lse is None else lse, max_logits, exp_sums, split_out, seq_lens, num_seqs, num_heads,
-        num_splits, HEAD_SIZE=head_size, HEAD_PAD=triton.next_power_of_2(head_size), SPLIT=split,
-        REDUCE_TILE=_REDUCE_TILE, WRITE_LSE=lse is not None,
+        out, exp_sums if lse is None else lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out,
+        seq_lens, num_seqs, num_heads, num_splits, part_max.shape[-1], HEAD_SIZE=head_size,
+        HEAD_PAD=triton.next_power_of_2(head_size), SPLIT=split,
+        REDUCE_TILE=_REDUCE_TILE if partitions is None else PARTITION_SIZE // split,
+        WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
     )  # fmt: skip
 
 
@@ -400,22 +517,23 @@ def _attention(
     k_scale: torch.Tensor,
     v_scale: torch.Tensor,
     sparse: BlockSparse | None,
-    split: int,
+    split: int | None,
 ) -> None:
     """v1 and ``paged_decode``: as many splits as the block table can hold; one launch if that is one."""
     num_seqs, num_heads, head_size = query.shape
     if num_seqs == 0:
         return
-    num_splits = triton.cdiv(block_tables.shape[1] * key_cache.shape[3], split)
+    capacity = block_tables.shape[1] * key_cache.shape[3]
+    split = split or _auto_split(num_seqs, key_cache.shape[1], capacity, query.device)
+    num_splits = triton.cdiv(capacity, split)
     args = (query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype, k_scale,
             v_scale, sparse, split)  # fmt: skip
     if num_splits <= 1:
         _partition(out, lse, None, None, *args, num_splits=1)
         return
-    stats = torch.empty((2, num_seqs, num_heads, num_splits), dtype=torch.float32, device=query.device)
-    split_out = torch.empty((num_seqs, num_heads, num_splits, head_size), dtype=torch.float32, device=query.device)
-    _partition(out, lse, (stats[0], stats[1], split_out), None, *args, num_splits=num_splits)
-    _reduce(out, lse, (stats[0], stats[1], split_out), seq_lens, split)
+    stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
+    _partition(out, lse, stats, None, *args, num_splits=num_splits)
+    _reduce(out, lse, stats, seq_lens, split)
 
 
 @_v1_dispatcher.register("triton")
@@ -432,9 +550,13 @@ def paged_attention_v1(
     k_scale: torch.Tensor,
     v_scale: torch.Tensor,
     sparse: BlockSparse | None,
-    split: int = PARTITION_SIZE,
+    split: int | None = None,
 ) -> None:
-    """:func:`attnops.paged_attention.reference.paged_attention_v1` on Triton; ``split`` tokens per program."""
+    """:func:`attnops.paged_attention.reference.paged_attention_v1` on Triton.
+
+    ``split`` tokens per program (a multiple of the cache block size); by default
+    ``PARTITION_SIZE``, or less where that leaves SMs idle.
+    """
     _attention(
         out, None, query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
         k_scale, v_scale, sparse, split,
@@ -458,19 +580,29 @@ def paged_attention_v2(
     k_scale: torch.Tensor,
     v_scale: torch.Tensor,
     sparse: BlockSparse | None,
+    split: int | None = None,
 ) -> None:
-    """:func:`attnops.paged_attention.reference.paged_attention_v2` on Triton (splits = vLLM's partitions).
+    """:func:`attnops.paged_attention.reference.paged_attention_v2` on Triton (vLLM's partitions).
 
-    The reduction reads fp32 copies of the partition outputs (a scratch buffer), as the reference does.
+    When few sequences would leave SMs idle, each partition is computed as sub-splits whose
+    statistics the reduction folds into the partition's. The reduction reads fp32 copies of the
+    outputs (a scratch buffer), as the reference does.
     """
-    if query.shape[0] == 0:
+    num_seqs, num_heads, head_size = query.shape
+    if num_seqs == 0:
         return
-    stats = (max_logits, exp_sums, torch.empty(tmp_out.shape, dtype=torch.float32, device=query.device))
+    capacity = block_tables.shape[1] * key_cache.shape[3]
+    split = split or _auto_split(num_seqs, key_cache.shape[1], capacity, query.device)
+    num_splits = exp_sums.shape[2] * (PARTITION_SIZE // split)
+    stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
+    direct = split == PARTITION_SIZE
+    if direct:
+        stats = (max_logits, exp_sums, stats[2])
     _partition(
-        out, None, stats, tmp_out, query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes,
-        kv_cache_dtype, k_scale, v_scale, sparse, PARTITION_SIZE, exp_sums.shape[2],
+        out, None, stats, tmp_out if direct else None, query, key_cache, value_cache, block_tables, seq_lens,
+        scale, alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse, split, num_splits,
     )  # fmt: skip
-    _reduce(out, None, stats, seq_lens, PARTITION_SIZE)
+    _reduce(out, None, stats, seq_lens, split, None if direct else (max_logits, exp_sums, tmp_out))
 
 
 @_decode_dispatcher.register("triton")
@@ -485,11 +617,11 @@ def paged_decode(
     kv_cache_dtype: str,
     k_scale: torch.Tensor,
     v_scale: torch.Tensor,
-    split: int = PARTITION_SIZE,
+    split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`attnops.paged_attention.reference.paged_decode` on Triton: ``(out, lse [num_heads, num_seqs])``.
 
-    ``split`` (tokens per program) must be a multiple of the cache block size.
+    ``split``: tokens per program, as in :func:`paged_attention_v1`.
     """
     num_seqs, num_heads, _ = query.shape
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
