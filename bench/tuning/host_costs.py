@@ -1,0 +1,49 @@
+"""Host-time costs of the pieces of an eager decode call (run on a GPU machine).
+
+PYTHONPATH=src python bench/tuning/host_costs.py
+Prints µs per call of: a metadata signature of 10 tensors, torch.empty, a Triton launch through
+the JIT and through the compiled handle (35-argument partition kernel), and the full v1 call.
+"""
+
+import time
+
+import torch
+
+from attnops._common.fastpath import launch_signature
+from attnops.bench.overhead import _decode_call
+from attnops.cache import make_paged_kv_cache
+from attnops.paged_attention import triton as kernels
+
+N = 2000
+
+
+def per_call_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(N):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / N * 1e6
+
+
+def main() -> None:
+    cache = make_paged_kv_cache([1024], 8, 128, 16, torch.bfloat16, device="cuda")
+    query = torch.randn(1, 32, 128, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(query)
+    tensors = [query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, out,
+               cache.k_scale, cache.v_scale, query, out]  # fmt: skip
+    print("signature of 10 tensors", per_call_us(lambda: launch_signature(*tensors, 0.1, "auto", None, 512)))
+    print("tuple(t.shape) x10", per_call_us(lambda: [t.shape for t in tensors]))
+    print("torch.empty", per_call_us(lambda: torch.empty(4096, device="cuda")))
+    args = (out, None, None, None, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens,
+            0.1, None, "auto", cache.k_scale, cache.v_scale, None, 1024)  # fmt: skip
+    print("partition launch via JIT", per_call_us(lambda: kernels._partition(*args, num_splits=1)))
+    v1 = (out, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1, None, "auto",
+          cache.k_scale, cache.v_scale, None)  # fmt: skip
+    print("triton v1 impl (no validation)", per_call_us(lambda: kernels.paged_attention_v1(*v1)))
+    print("public v1 call", per_call_us(_decode_call(1, 1024)))
+
+
+if __name__ == "__main__":
+    main()

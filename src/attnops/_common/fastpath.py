@@ -1,0 +1,109 @@
+"""Host fast paths of eager GPU calls: memoised validation and direct launches of compiled kernels.
+
+A decode loop calls each op once per step with tensors whose metadata (shapes, strides, dtypes,
+devices, pointer alignment) repeat from step to step. Our argument checks and Triton's
+per-launch argument specialisation depend only on that metadata, yet cost tens of microseconds of
+Python a call: more than the GPU time of a small decode. Both are therefore kept per metadata
+signature: a validator's verdict (:func:`memoize_validation`) and a kernel's compiled handle
+(:class:`Launcher`). Value checks (``ATTNOPS_CHECK=1``), CPU tensors and fake tensors always take
+the full path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Signatures kept per cache; a process that sees more distinct ones starts over.
+_MAX_ENTRIES = 4096
+_MISS = object()
+
+
+def _signature(values: Sequence[Any]) -> tuple | None:
+    """The metadata of ``values`` as a hashable key, or ``None`` when it must not be memoised.
+
+    Tensors contribute dtype, shape, strides, device and whether their address is 16-byte aligned
+    (Triton specialises pointers on it); other values contribute themselves. Only plain CUDA
+    tensors qualify (fake tensors under ``torch.compile`` are a subclass).
+    """
+    key = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if type(value) is not torch.Tensor or not value.is_cuda:
+                return None
+            key.append((value.dtype, value.shape, value.stride(), value.device, value.data_ptr() % 16 == 0))
+        else:
+            key.append(value)
+    return tuple(key)
+
+
+def memoize_validation(validator: F) -> F:
+    """Keep ``validator``'s result per argument signature for CUDA calls without value checks.
+
+    The validator must depend on its arguments' metadata only when values are not checked (as
+    every validator does through :func:`attnops._common.validate.values_checked`); it still
+    raises on every call with bad arguments, as failures are never memoised.
+    """
+    verdicts: dict[tuple, Any] = {}
+
+    @functools.wraps(validator)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("ATTNOPS_CHECK", "0") == "1":
+            return validator(*args, **kwargs)
+        key = _signature((*args, *kwargs.items()))
+        if key is None:
+            return validator(*args, **kwargs)
+        try:
+            verdict = verdicts.get(key, _MISS)
+        except TypeError:  # an unhashable argument
+            return validator(*args, **kwargs)
+        if verdict is _MISS:
+            verdict = validator(*args, **kwargs)
+            if len(verdicts) >= _MAX_ENTRIES:
+                verdicts.clear()
+            verdicts[key] = verdict
+        return verdict
+
+    return checked  # type: ignore[return-value]
+
+
+class Launcher:
+    """Launches a ``@triton.jit`` kernel, straight through its compiled handle once compiled.
+
+    ``launch(key, grid, args, constexprs, options)``: ``args`` are the kernel's runtime arguments
+    in signature order, ``constexprs`` its remaining (constexpr) parameters in signature order,
+    ``options`` launch options such as ``num_warps``. ``key`` must determine everything Triton
+    specialises on: the constexprs and options, every integer argument's value class and every
+    pointer's alignment (callers pass the metadata signature of the call's inputs). The first
+    launch of a key goes through Triton's JIT (compiling if needed) and keeps the compiled kernel;
+    later launches skip its argument specialisation. Under the CPU interpreter every launch goes
+    through the JIT.
+    """
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.compiled: dict[tuple, Any] = {}
+
+    def launch(
+        self, key: tuple | None, grid: tuple[int, ...], args: tuple, constexprs: dict[str, Any], options: dict[str, Any]
+    ) -> None:
+        compiled = None if key is None else self.compiled.get(key)
+        if compiled is not None:
+            compiled[grid](*args, *constexprs.values())
+            return
+        compiled = self.kernel[grid](*args, **constexprs, **options)
+        if key is not None and not isinstance(compiled, (type(None), str)) and hasattr(compiled, "function"):
+            if len(self.compiled) >= _MAX_ENTRIES:
+                self.compiled.clear()
+            self.compiled[key] = compiled
+
+
+def launch_signature(*values: Any) -> tuple | None:
+    """The launch key of a call's inputs (see :class:`Launcher`), ``None`` off the GPU fast path."""
+    return _signature(values)
