@@ -39,6 +39,27 @@ def main() -> None:
     args = (out, None, None, None, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens,
             0.1, None, "auto", cache.k_scale, cache.v_scale, None, 1024)  # fmt: skip
     print("partition launch via JIT", per_call_us(lambda: kernels._partition(*args, num_splits=1)))
+    captured = {}
+    kernel = kernels._partition_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def run(*a, **k):
+                captured.update(grid=grid, args=a, kwargs=k, compiled=kernel[grid](*a, **k))
+
+            return run
+
+    kernels._partition_kernel = Recorder()
+    kernels._partition(*args, num_splits=1)
+    kernels._partition_kernel = kernel
+    compiled, grid, positional = captured["compiled"], captured["grid"], captured["args"]
+    tail = [captured["kwargs"][name] for name in kernel.arg_names[len(positional) :]]
+    expected = out.clone()
+    out.zero_()
+    compiled[grid](*positional, *tail)
+    torch.cuda.synchronize()
+    print("compiled handle gives the same output", torch.equal(out, expected))
+    print("partition launch via compiled handle", per_call_us(lambda: compiled[grid](*positional, *tail)))
     v1 = (out, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1, None, "auto",
           cache.k_scale, cache.v_scale, None)  # fmt: skip
     print("triton v1 impl (no validation)", per_call_us(lambda: kernels.paged_attention_v1(*v1)))

@@ -16,6 +16,7 @@ diagonal offsets (``key = query + kv_len - q_len - s``) descending.
 boolean mask of a set of tables, for tests and benchmarks.
 """
 
+from attnops._common.backend import triton_available
 from attnops.sparse.api import (
     convert_vertical_slash_indexes,
     convert_vertical_slash_indexes_mergehead,
@@ -23,6 +24,10 @@ from attnops.sparse.api import (
     sparse_prefill_attention,
 )
 from attnops.sparse.reference import sparse_tables_to_mask
+
+if triton_available():
+    # Registers the "triton" backends on the ops' dispatchers.
+    from attnops.sparse import triton as _triton  # noqa: F401
 
 __all__ = [
     "convert_vertical_slash_indexes",
