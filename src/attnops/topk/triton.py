@@ -1,0 +1,491 @@
+"""Triton ``top_k_per_row_prefill`` / ``top_k_per_row_decode``: exact per-row top-k without sorting.
+
+Values are compared through an int32 key with the order of the fp32 bit patterns (the
+reference's ``_ordered_key``: ``-0.0`` just below ``+0.0``, a NaN with a clear sign bit above
+``+inf``, one with the sign bit set below ``-inf``). Selection is a threshold search over that
+key: a bisection of the int32 range in which each probe counts the keys at or above the probe
+(one compare and one add per key, then a block reduction). It never relies on distinct values:
+when the k-th key is shared, the keys above it are taken and then just enough of the equal ones,
+numbered by a prefix sum, so an index never repeats.
+
+Two launches, with grids from shapes only and no host synchronisation (CUDA-graph safe):
+
+1. :func:`_chunk_kernel`, launched only when ``logits`` is wider than ``_SHORT_ROW`` columns:
+   grid ``(num_rows, chunk programs)``; program ``(r, c)`` takes columns
+   ``[c * _CHUNK, (c + 1) * _CHUNK)`` of row ``r`` when the row is longer than ``_SHORT_ROW``.
+   It searches, in registers, for a threshold that keeps at least the chunk's fair share of the
+   row's top k plus ``_SLACK_SIGMAS`` binomial standard deviations, and at most its
+   ``_CANDIDATES // num_chunks`` slots of the row's candidate buffer, and writes those keys and
+   column indices there, with how many it wrote and the largest key it left out.
+2. :func:`_finish_kernel`, one program per row. A row of ``n <= k`` columns gets
+   ``0..n-1, -1...``; a row of at most ``_SHORT_ROW`` columns is selected exactly in registers.
+   A longer row is selected exactly among its candidates; the result is the row's top k when no
+   chunk left out a key above the k-th candidate (the chunks kept several standard deviations
+   more than their share, so for any data without a strong pattern along the row this holds).
+   When it does not, or the row is longer than the chunk programs cover, the program selects
+   over the whole row, streaming it from global memory once per bisection step: slow, but exact
+   for any data.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
+from attnops.topk.reference import storage_elements
+
+# Rows of at most this many columns are selected by one program holding the row in registers.
+_SHORT_ROW = 8192
+# Columns per program of the chunk kernel (held in registers).
+_CHUNK = 8192
+# Candidate slots per long row, shared out evenly among its chunks; also the finish kernel's
+# register tile for the candidates. The scratch is num_rows * _CANDIDATES * 8 bytes.
+_CANDIDATES = 4096
+# Keys per step wherever a row or its candidates are streamed from memory: when writing the
+# selected indices, in the fallback's search, and for the 0..n-1, -1 rows.
+_TILE = 1024
+# A chunk keeps at least share + _SLACK_SIGMAS * sqrt(share) + _SLACK_MIN keys, where
+# share = k * chunk length / row length: its expected part of the top k for data in random order.
+_SLACK_SIGMAS = 6.0
+_SLACK_MIN = 16
+_CHUNK_WARPS = 8
+_FINISH_WARPS = 8
+# CUDA's limit on the second grid dimension.
+_MAX_GRID_Y = 65535
+# Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
+_KEY_MIN = tl.constexpr(-(2**31))
+_KEY_MAX = tl.constexpr(2**31 - 1)
+
+
+@triton.jit
+def _row_span(
+    row,
+    starts_ptr,
+    ends_ptr,
+    lens_ptr,
+    bounds_stride,
+    next_n,
+    stride0,
+    stride1,
+    DECODE: tl.constexpr,
+    PER_ROW_LENS: tl.constexpr,
+):
+    """``(offset, n)``: int64 element offset of row ``row``'s first column from ``logits``, int32 length.
+
+    Prefill rows cover ``[starts[r], ends[r])``; decode rows start at column 0 and are
+    ``lens[r]`` long (``PER_ROW_LENS``) or ``lens[r // next_n] - next_n + r % next_n + 1``,
+    at least 0.
+    """
+    offset = row.to(tl.int64) * stride0
+    if DECODE:
+        if PER_ROW_LENS:
+            n = tl.load(lens_ptr + row * bounds_stride)
+        else:
+            n = tl.load(lens_ptr + (row // next_n) * bounds_stride) - next_n + row % next_n + 1
+        n = tl.maximum(n, 0)
+    else:
+        start = tl.load(starts_ptr + row * bounds_stride)
+        n = tl.load(ends_ptr + row * bounds_stride) - start
+        offset += start.to(tl.int64) * stride1
+    return offset, n
+
+
+@triton.jit
+def _load_keys(row_ptr, cols, valid, stride1, WIDE: tl.constexpr):
+    """int32 order keys of the fp32 values at ``row_ptr + cols * stride1``; ``_KEY_MIN`` where not ``valid``.
+
+    ``WIDE`` computes the column offsets in int64 (storages of 2^31 elements or more).
+    """
+    offsets = cols.to(tl.int64) * stride1 if WIDE else cols * stride1
+    bits = tl.load(row_ptr + offsets, mask=valid, other=0.0).to(tl.int32, bitcast=True)
+    # A negative float grows in magnitude with its bit pattern: flip its magnitude bits.
+    keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return tl.where(valid, keys, _KEY_MIN)
+
+
+@triton.jit
+def _search_start(total, need_hi):
+    """Initial ``(lo, hi, count_hi)`` of a search over ``total`` keys (see :func:`_search`)."""
+    lo = total.to(tl.int64) * 0 + _KEY_MIN
+    # With at most need_hi keys, all are taken (the probe below every key).
+    take_all = total <= need_hi
+    hi = tl.where(take_all, lo, -lo)
+    count_hi = tl.where(take_all, total, 0)
+    return lo, hi, count_hi
+
+
+@triton.jit
+def _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi):
+    """One bisection step: ``count`` keys are ``>= mid``; returns the new ``(lo, hi, count_hi)``."""
+    above = count > need_hi
+    lo = tl.where(above | (count >= need_lo), mid, lo)
+    # An acceptable count ends the search with lo == hi == mid.
+    hi = tl.where(above, hi, mid)
+    count_hi = tl.where(above, count_hi, count)
+    return lo, hi, count_hi
+
+
+@triton.jit
+def _search(keys, total, need_lo, need_hi):
+    """Bisect the int32 key range for a threshold taking between ``need_lo`` and ``need_hi`` keys.
+
+    ``keys``: int32 tile whose lanes outside the data hold ``_KEY_MIN``; ``total``: the number
+    of data keys, ``1 <= need_lo <= min(need_hi, total)``. Returns int64 ``lo``, ``hi`` and
+    int32 ``count_hi``, the number of keys ``>= hi``. Either ``lo == hi`` and the keys
+    ``>= hi`` are the answer, or ``hi == lo + 1``: fewer than ``need_lo`` keys are above ``lo``
+    and more than ``need_hi`` are ``>= lo``, so the answer is the keys above ``lo`` and
+    ``need_hi - count_hi`` of the keys equal to ``lo`` (see :func:`_rank`).
+    """
+    lo, hi, count_hi = _search_start(total, need_hi)
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
+        lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi)
+    return lo, hi, count_hi
+
+
+@triton.jit
+def _rank(keys, valid, lo, hi, count_hi, quota, taken_above, taken_equal):
+    """``(take, position, taken_above, taken_equal)`` for one tile of keys and a search result (see :func:`_search`).
+
+    Keys ``>= hi`` go to position ``taken_above + (their rank among such keys in the tile)``;
+    keys in ``[lo, hi)`` (all equal) go after all ``count_hi`` of those, and only the first
+    ``quota`` of them are taken. ``taken_above``/``taken_equal`` count the keys of the row's
+    earlier tiles and are returned updated. Tiles hold fewer than 2^16 lanes.
+    """
+    above = valid & (keys >= hi)
+    equal = valid & (keys >= lo) & (keys < hi)
+    # One prefix sum numbers both kinds: above in the low 16 bits, equal in the high ones.
+    flags = above.to(tl.int32) + (equal.to(tl.int32) << 16)
+    before = tl.cumsum(flags, axis=0) - flags
+    rank_equal = taken_equal + (before >> 16)
+    take = above | (equal & (rank_equal < quota))
+    position = tl.where(above, taken_above + (before & 0xFFFF), count_hi + rank_equal)
+    tile = tl.sum(flags, axis=0)
+    return take, position, taken_above + (tile & 0xFFFF), taken_equal + (tile >> 16)
+
+
+@triton.jit
+def _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE: tl.constexpr, WIDE: tl.constexpr):
+    """Write the columns a search result takes from a row of ``n`` columns to ``out_row[:k]``.
+
+    Reads the row again in tiles of ``TILE`` rather than keeping its keys and their prefix
+    sums in registers: the search's register tile alone sets the kernel's occupancy.
+    """
+    taken_above = n * 0
+    taken_equal = n * 0
+    for first in range(0, n, TILE):
+        cols = first + tl.arange(0, TILE)
+        valid = cols < n
+        keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
+        take, position, taken_above, taken_equal = _rank(
+            keys, valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
+        )
+        tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+
+
+@triton.jit
+def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.constexpr, WIDE: tl.constexpr):
+    """Exact top-``k`` of a row of ``n > k`` columns, read from global memory once per bisection step."""
+    lo, hi, count_hi = _search_start(n, k)
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        probe = mid.to(tl.int32)
+        # Per-lane counts, reduced once per step.
+        counts = tl.zeros((TILE,), tl.int32)
+        for first in range(0, n, TILE):
+            cols = first + tl.arange(0, TILE)
+            keys = _load_keys(row_ptr, cols, cols < n, stride1, WIDE)
+            counts += (keys >= probe).to(tl.int32)
+        lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, tl.sum(counts, axis=0), k, k)
+    _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE, WIDE)
+
+
+@triton.jit
+def _candidate_slots(info_row, slots, per_chunk, num_chunks):
+    """Which of a long row's candidate ``slots`` hold a candidate (chunk c wrote its first slots)."""
+    # slots // per_chunk through an fp32 reciprocal and one correction each way: an integer
+    # division by a runtime value costs a long sequence and many registers per lane.
+    chunk = (slots.to(tl.float32) * (1.0 / per_chunk)).to(tl.int32)
+    chunk = tl.where(chunk * per_chunk > slots, chunk - 1, chunk)
+    chunk = tl.where((chunk + 1) * per_chunk <= slots, chunk + 1, chunk)
+    in_chunk = chunk < num_chunks
+    written = tl.load(info_row + chunk * 2, mask=in_chunk, other=0)
+    return in_chunk & (slots - chunk * per_chunk < written)
+
+
+@triton.jit
+def _select_candidates(
+    cand_keys_ptr,
+    cand_cols_ptr,
+    chunk_info_ptr,
+    num_chunk_programs,
+    row,
+    n,
+    k,
+    out_row,
+    out_stride1,
+    CHUNK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    CHUNK_SLOTS: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """Top-``k`` of a long row from its chunks' candidates; int32 1 if written, 0 if that cannot be exact.
+
+    Exact when no chunk left out a key above the k-th largest candidate (left-out keys equal
+    to it are ties). Returns 0, writing nothing, when it is not, when the candidates are fewer
+    than ``k`` or when the row has more chunks than the chunk kernel had programs.
+    """
+    num_chunks = tl.cdiv(n, CHUNK)
+    fits = num_chunks <= num_chunk_programs
+    chunks = tl.arange(0, CHUNK_SLOTS)
+    info_row = chunk_info_ptr + row.to(tl.int64) * num_chunk_programs * 2
+    # A comparison with a bound, not an & with the scalar flag (the interpreter's & of a
+    # tensor and a scalar mask is not a mask).
+    present = chunks < tl.where(fits, num_chunks, 0)
+    total = tl.sum(tl.load(info_row + chunks * 2, mask=present, other=0), axis=0)
+    done = (fits & (total >= k)).to(tl.int32)
+    if done != 0:
+        per_chunk = CANDIDATES // num_chunks
+        cand_row = row.to(tl.int64) * CANDIDATES
+        slots = tl.arange(0, CANDIDATES)
+        valid = _candidate_slots(info_row, slots, per_chunk, num_chunks)
+        keys = tl.load(cand_keys_ptr + cand_row + slots, mask=valid, other=_KEY_MIN)
+        lo, hi, count_hi = _search(keys, total, k, k)
+        # The k-th largest candidate: lo, unless the search ended on a probe taking exactly k.
+        kth = tl.where(lo == hi, tl.min(tl.where(valid & (keys >= hi), keys, _KEY_MAX), axis=0), lo)
+        left_out = tl.max(tl.load(info_row + chunks * 2 + 1, mask=present, other=_KEY_MIN), axis=0)
+        done = (left_out <= kth).to(tl.int32)
+        if done != 0:
+            taken_above = n * 0
+            taken_equal = n * 0
+            for first in range(0, CANDIDATES, TILE):
+                tile_slots = first + tl.arange(0, TILE)
+                tile_valid = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks)
+                tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
+                take, position, taken_above, taken_equal = _rank(
+                    tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
+                )
+                cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=take)
+                tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+    return done
+
+
+@triton.jit
+def _chunk_kernel(
+    logits_ptr,
+    starts_ptr,
+    ends_ptr,
+    lens_ptr,
+    bounds_stride,
+    next_n,
+    stride0,
+    stride1,
+    k,
+    cand_keys_ptr,
+    cand_cols_ptr,
+    chunk_info_ptr,
+    DECODE: tl.constexpr,
+    PER_ROW_LENS: tl.constexpr,
+    WIDE: tl.constexpr,
+    SHORT_ROW: tl.constexpr,
+    CHUNK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    SLACK_SIGMAS: tl.constexpr,
+    SLACK_MIN: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
+
+    Writes ``cand_keys``/``cand_cols`` (int32 ``[num_rows, CANDIDATES]``) at the chunk's slots
+    ``[c * per_chunk, c * per_chunk + written)``, ``per_chunk = CANDIDATES // num_chunks``, and
+    ``chunk_info[r, c] = (written, largest key left out or _KEY_MIN)`` (int32 ``[num_rows, G, 2]``).
+    """
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offset, n = _row_span(
+        row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
+    )
+    num_chunks = tl.cdiv(n, CHUNK)
+    if (n > SHORT_ROW) & (chunk < num_chunks) & (num_chunks <= tl.num_programs(1)):
+        cols = chunk * CHUNK + tl.arange(0, CHUNK)
+        valid = cols < n
+        keys = _load_keys(logits_ptr + offset, cols, valid, stride1, WIDE)
+        length = tl.minimum(n - chunk * CHUNK, CHUNK)
+        per_chunk = CANDIDATES // num_chunks
+        share = length.to(tl.float32) * k / n
+        need_lo = (share + SLACK_SIGMAS * tl.sqrt(share)).to(tl.int32) + 1 + SLACK_MIN
+        need_lo = tl.minimum(tl.minimum(need_lo, per_chunk), length)
+        lo, hi, count_hi = _search(keys, length, need_lo, per_chunk)
+        # Read the chunk again in small tiles to write its candidates (see _emit_row).
+        chunk_slots = row.to(tl.int64) * CANDIDATES + chunk * per_chunk
+        taken_above = n * 0
+        taken_equal = n * 0
+        for first in range(chunk * CHUNK, chunk * CHUNK + length, TILE):
+            tile_cols = first + tl.arange(0, TILE)
+            tile_valid = tile_cols < n
+            tile_keys = _load_keys(logits_ptr + offset, tile_cols, tile_valid, stride1, WIDE)
+            take, position, taken_above, taken_equal = _rank(
+                tile_keys, tile_valid, lo, hi, count_hi, per_chunk - count_hi, taken_above, taken_equal
+            )
+            tl.store(cand_keys_ptr + chunk_slots + position, tile_keys, mask=take)
+            tl.store(cand_cols_ptr + chunk_slots + position, tile_cols, mask=take)
+        accepted = lo == hi
+        info = chunk_info_ptr + (row.to(tl.int64) * tl.num_programs(1) + chunk) * 2
+        tl.store(info, tl.where(accepted, count_hi, per_chunk))
+        # An accepted threshold left out only keys below it; a cut leaves out keys equal to lo.
+        left_out = tl.where(accepted, tl.maximum(lo - 1, _KEY_MIN), lo)
+        tl.store(info + 1, left_out.to(tl.int32))
+
+
+@triton.jit
+def _finish_kernel(
+    logits_ptr,
+    starts_ptr,
+    ends_ptr,
+    lens_ptr,
+    bounds_stride,
+    next_n,
+    stride0,
+    stride1,
+    k,
+    out_ptr,
+    out_stride0,
+    out_stride1,
+    cand_keys_ptr,
+    cand_cols_ptr,
+    chunk_info_ptr,
+    num_chunk_programs,
+    DECODE: tl.constexpr,
+    PER_ROW_LENS: tl.constexpr,
+    WIDE: tl.constexpr,
+    SHORT_ROW: tl.constexpr,
+    CHUNK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    CHUNK_SLOTS: tl.constexpr,
+    HAS_CANDIDATES: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
+    row = tl.program_id(0)
+    offset, n = _row_span(
+        row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
+    )
+    row_ptr = logits_ptr + offset
+    out_row = out_ptr + row.to(tl.int64) * out_stride0
+    if n <= k:
+        for first in range(0, k, TILE):
+            slots = first + tl.arange(0, TILE)
+            tl.store(out_row + slots.to(tl.int64) * out_stride1, tl.where(slots < n, slots, -1), mask=slots < k)
+    elif n <= SHORT_ROW:
+        cols = tl.arange(0, SHORT_ROW)
+        valid = cols < n
+        keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
+        lo, hi, count_hi = _search(keys, n, k, k)
+        _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE, WIDE)
+    else:
+        done = (n < 0).to(tl.int32)
+        if HAS_CANDIDATES:
+            done = _select_candidates(
+                cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k, out_row,
+                out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, TILE,
+            )  # fmt: skip
+        if done == 0:
+            _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE, WIDE)
+
+
+def _launch(
+    logits: torch.Tensor,
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    lens: torch.Tensor,
+    next_n: int,
+    decode: bool,
+    per_row_lens: bool,
+    out: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    k: int,
+) -> None:
+    """Run the kernels for ``num_rows`` rows; the row-bound tensors are 1-D int32 with one common stride."""
+    if num_rows == 0:
+        return
+    # vLLM's logits are [rows, longest row]: wider ones get chunk programs for their long rows.
+    # Rows the chunk programs do not cover are still exact (the streaming fallback).
+    width = logits.shape[1]
+    chunk_programs = min(triton.cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
+    bounds = (starts, ends, lens, starts.stride(0), next_n, stride0, stride1, k)
+    flags = dict(
+        DECODE=decode,
+        PER_ROW_LENS=per_row_lens,
+        WIDE=storage_elements(logits) >= 2**31,
+        SHORT_ROW=_SHORT_ROW,
+        CHUNK=_CHUNK,
+        CANDIDATES=_CANDIDATES,
+    )
+    if chunk_programs:
+        cand_keys = torch.empty(num_rows, _CANDIDATES, dtype=torch.int32, device=logits.device)
+        cand_cols = torch.empty_like(cand_keys)
+        chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
+        _chunk_kernel[(num_rows, chunk_programs)](
+            logits, *bounds, cand_keys, cand_cols, chunk_info, **flags,
+            SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, TILE=_TILE, num_warps=_CHUNK_WARPS,
+        )  # fmt: skip
+    else:
+        # Never read (HAS_CANDIDATES is off).
+        cand_keys = cand_cols = chunk_info = out
+    _finish_kernel[(num_rows,)](
+        logits, *bounds, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info, chunk_programs,
+        **flags, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)), HAS_CANDIDATES=chunk_programs > 0,
+        TILE=_TILE, num_warps=_FINISH_WARPS,
+    )  # fmt: skip
+
+
+@_prefill_dispatcher.register("triton")
+def top_k_per_row_prefill(
+    logits: torch.Tensor,
+    cu_seqlen_ks: torch.Tensor,
+    cu_seqlen_ke: torch.Tensor,
+    raw_topk_indices: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    topk_tokens: int,
+) -> None:
+    """Triton version of :func:`attnops.topk.reference.top_k_per_row_prefill` (inputs are validated).
+
+    logits fp32 (addressed from ``data_ptr`` with ``stride0``/``stride1``), bounds int32
+    ``[>= num_rows]``, ``raw_topk_indices`` int32 ``[>= num_rows, >= topk_tokens]``.
+    """
+    # One stride for both bound tensors; they are tiny, so a copy is cheap when they differ.
+    if cu_seqlen_ks.stride(0) != cu_seqlen_ke.stride(0):
+        cu_seqlen_ks, cu_seqlen_ke = cu_seqlen_ks.contiguous(), cu_seqlen_ke.contiguous()
+    _launch(
+        logits, cu_seqlen_ks, cu_seqlen_ke, cu_seqlen_ks, 1, False, False, raw_topk_indices, num_rows, stride0,
+        stride1, topk_tokens,
+    )  # fmt: skip
+
+
+@_decode_dispatcher.register("triton")
+def top_k_per_row_decode(
+    logits: torch.Tensor,
+    next_n: int,
+    seq_lens: torch.Tensor,
+    raw_topk_indices: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    topk_tokens: int,
+) -> None:
+    """Triton version of :func:`attnops.topk.reference.top_k_per_row_decode` (inputs are validated).
+
+    logits fp32 (addressed from ``data_ptr`` with ``stride0``/``stride1``), ``seq_lens`` int32
+    1-D (one length per request) or 2-D (one per row), ``raw_topk_indices`` int32
+    ``[>= num_rows, >= topk_tokens]``.
+    """
+    per_row = seq_lens.dim() == 2
+    lens = seq_lens.reshape(-1) if per_row else seq_lens
+    _launch(logits, lens, lens, lens, next_n, True, per_row, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
