@@ -5,8 +5,8 @@ devices, pointer alignment) repeat from step to step. Our argument checks and Tr
 per-launch argument specialisation depend only on that metadata, yet cost tens of microseconds of
 Python a call: more than the GPU time of a small decode. Both are therefore kept per metadata
 signature: a validator's verdict (:func:`memoize_validation`) and a kernel's compiled handle
-(:class:`Launcher`). Value checks (``ATTNOPS_CHECK=1``), CPU tensors and fake tensors always take
-the full path.
+(:class:`Launcher`, keyed by the launch's own integer arguments and pointer alignments). Value
+checks (``ATTNOPS_CHECK=1``), CPU tensors and fake tensors always take the full path.
 """
 
 from __future__ import annotations
@@ -28,16 +28,15 @@ _MISS = object()
 def _signature(values: Sequence[Any]) -> tuple | None:
     """The metadata of ``values`` as a hashable key, or ``None`` when it must not be memoised.
 
-    Tensors contribute dtype, shape, strides, device and whether their address is 16-byte aligned
-    (Triton specialises pointers on it); other values contribute themselves. Only plain CUDA
-    tensors qualify (fake tensors under ``torch.compile`` are a subclass).
+    Tensors contribute dtype, shape, strides and device; other values contribute themselves.
+    Only plain CUDA tensors qualify (fake tensors under ``torch.compile`` are a subclass).
     """
     key = []
     for value in values:
         if isinstance(value, torch.Tensor):
             if type(value) is not torch.Tensor or not value.is_cuda:
                 return None
-            key.append((value.dtype, value.shape, value.stride(), value.device, value.data_ptr() % 16 == 0))
+            key.append((value.dtype, value.shape, value.stride(), value.get_device()))
         else:
             key.append(value)
     return tuple(key)
@@ -76,34 +75,39 @@ def memoize_validation(validator: F) -> F:
 class Launcher:
     """Launches a ``@triton.jit`` kernel, straight through its compiled handle once compiled.
 
-    ``launch(key, grid, args, constexprs, options)``: ``args`` are the kernel's runtime arguments
-    in signature order, ``constexprs`` its remaining (constexpr) parameters in signature order,
-    ``options`` launch options such as ``num_warps``. ``key`` must determine everything Triton
-    specialises on: the constexprs and options, every integer argument's value class and every
-    pointer's alignment (callers pass the metadata signature of the call's inputs). The first
-    launch of a key goes through Triton's JIT (compiling if needed) and keeps the compiled kernel;
-    later launches skip its argument specialisation. Under the CPU interpreter every launch goes
-    through the JIT.
+    ``launch(key, grid, args, constexprs)``: ``args`` are the kernel's runtime arguments in
+    signature order (``None`` for pointers a launch never reads: they specialise as constants and
+    skip the launcher's pointer checks), ``constexprs`` a zero-argument function returning its
+    constexpr parameters and launch options (called on the first launch of a key only). ``key``
+    must determine everything Triton specialises on: the constexprs and options, every integer
+    argument and every pointer's dtype and 16-byte alignment. The first launch of a key goes
+    through Triton's JIT (compiling if needed) and keeps the compiled kernel; later launches skip
+    the JIT's argument specialisation. ``key=None`` (e.g. under the CPU interpreter) always takes
+    the JIT.
     """
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        self.compiled: dict[tuple, Any] = {}
+        self.compiled: dict[tuple, tuple[Any, tuple]] = {}
 
     def launch(
-        self, key: tuple | None, grid: tuple[int, ...], args: tuple, constexprs: dict[str, Any], options: dict[str, Any]
+        self, key: tuple | None, grid: tuple[int, ...], args: tuple, constexprs: Callable[[], dict[str, Any]]
     ) -> None:
-        compiled = None if key is None else self.compiled.get(key)
-        if compiled is not None:
-            compiled[grid](*args, *constexprs.values())
+        hit = None if key is None else self.compiled.get(key)
+        if hit is not None:
+            compiled, tail = hit
+            compiled[grid](*args, *tail)
             return
-        compiled = self.kernel[grid](*args, **constexprs, **options)
-        if key is not None and not isinstance(compiled, (type(None), str)) and hasattr(compiled, "function"):
+        params = constexprs()
+        compiled = self.kernel[grid](*args, **params)
+        if key is not None and hasattr(compiled, "function"):
+            # The compiled handle takes every parameter positionally, constexprs included.
+            tail = tuple(params[name] for name in self.kernel.arg_names[len(args) :])
             if len(self.compiled) >= _MAX_ENTRIES:
                 self.compiled.clear()
-            self.compiled[key] = compiled
+            self.compiled[key] = (compiled, tail)
 
 
-def launch_signature(*values: Any) -> tuple | None:
-    """The launch key of a call's inputs (see :class:`Launcher`), ``None`` off the GPU fast path."""
-    return _signature(values)
+def aligned(*tensors: torch.Tensor | None) -> tuple[bool, ...]:
+    """Whether each tensor's address is 16-byte aligned (``None`` counts as aligned), for launch keys."""
+    return tuple(t is None or t.data_ptr() % 16 == 0 for t in tensors)

@@ -6,12 +6,14 @@ import torch
 
 from attnops._common.backend import Dispatcher
 from attnops._common.dtypes import ATTENTION_DTYPES
+from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import check_same_device, check_tensor, check_values_in_range, values_checked
 from attnops.cache import reference
 from attnops.cache.layout import check_kv_caches, check_scale
 
 
+@memoize_validation
 def _validate_reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,

@@ -6,6 +6,7 @@ import torch
 
 from attnops._common.backend import Dispatcher
 from attnops._common.dtypes import ATTENTION_DTYPES
+from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import (
     check_int,
@@ -20,6 +21,7 @@ from attnops.merge import reference
 FP8_OUTPUT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 
 
+@memoize_validation
 def _validate_merge_attn_states(
     output: torch.Tensor,
     prefix_output: torch.Tensor,

@@ -13,6 +13,7 @@ import torch
 
 from attnops._common.backend import Dispatcher
 from attnops._common.dtypes import ATTENTION_DTYPES
+from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import (
     check_divisible,
@@ -90,6 +91,7 @@ def _check_table_values(
     check_values_in_range("block_tables", block_tables[used], 0, geometry.num_blocks)
 
 
+@memoize_validation
 def _validate_paged_attention(
     out: torch.Tensor,
     query: torch.Tensor,
@@ -330,6 +332,7 @@ def paged_attention_v2(
     )  # fmt: skip
 
 
+@memoize_validation
 def _validate_paged_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
+from attnops._common.fastpath import Launcher, aligned
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
 
@@ -37,9 +38,12 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 _TILE_TOKENS = 64
 _NUM_WARPS = 4
 _NUM_STAGES = 2
+# K/V tiles gathered per token (hinted block runs) rather than per block and reshaped.
+_FLAT = True
 # Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
 _PROGRAMS_PER_SM = 4
 _MIN_SPLIT = 64
+_MAX_SPLIT = PARTITION_SIZE
 # The reference's constants, as Triton needs globals used in kernels to be constexpr.
 _FLT_MAX = tl.constexpr(FLT_MAX)
 _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
@@ -88,17 +92,17 @@ def _logits(q, k, scale, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECISIO
 
 @triton.jit
 def _weighted_values(p, v, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """``p @ v.T``, fp32 ``[GROUP_PAD, HEAD_PAD]``, of fp32 ``p [GROUP_PAD, TILE]`` and ``v [HEAD_PAD, TILE]``.
+    """``p @ v``, fp32 ``[GROUP_PAD, HEAD_PAD]``, of fp32 ``p [GROUP_PAD, TILE]`` and ``v [TILE, HEAD_PAD]``.
 
     On half-precision tensor cores ``p`` is rounded to the query dtype first, as vLLM's kernel does.
     """
     if USE_DOT:
         if HALF_DOT:
-            return tl.dot(p.to(v.dtype), tl.trans(v))
+            return tl.dot(p.to(v.dtype), v)
         else:
-            return tl.dot(p, tl.trans(v.to(tl.float32)), input_precision=PRECISION)
+            return tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
     else:
-        return tl.sum(p[:, None, :] * v.to(tl.float32)[None, :, :], axis=2)
+        return tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
 
 
 @triton.jit
@@ -161,6 +165,66 @@ def _tile(
     else:
         v = _dequantize(tl.load(v_ptrs, mask=d_mask[:, None, None], other=0.0), vs, FP8, COMPUTE)
     v = tl.reshape(v, [HEAD_PAD, TILE])  # [HEAD_PAD, TILE // BLOCK_SIZE, BLOCK_SIZE] -> [HEAD_PAD, TILE]
+    acc = acc * alpha[:, None] + _weighted_values(
+        p, tl.trans(_operand(v, HALF_DOT, COMPUTE)), USE_DOT, HALF_DOT, PRECISION
+    )
+    return m_new, s, acc
+
+
+@triton.jit
+def _tile_flat(
+    m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+    d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
+    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr, X: tl.constexpr,
+    FP8: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr,
+    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """:func:`_tile` with K and V gathered straight into the products' shapes (``[HEAD_PAD, TILE]``
+    and ``[TILE, HEAD_PAD]``) through a per-token block id, hinted constant over each block's
+    slots so that both loads stay vectorised."""
+    t = tl.arange(0, TILE)
+    d = tl.arange(0, HEAD_PAD)
+    tok = tile_start + t
+    # tile_start is a multiple of BLOCK_SIZE: token t is slot t % BLOCK_SIZE of its block.
+    entry = tile_start // BLOCK_SIZE + t // BLOCK_SIZE
+    slot = t % BLOCK_SIZE
+    if MASKED:
+        valid = tok < end
+        block = tl.load(table + entry, mask=valid, other=0)
+    else:
+        block = tl.load(table + entry)
+    block = tl.max_constancy(block.to(tl.int64), [BLOCK_SIZE])
+    k_ptrs = k_base + (block * k_stride_block)[None, :] + ((d // X) * (BLOCK_SIZE * X) + d % X)[:, None]
+    k_ptrs += (slot * X)[None, :]
+    v_ptrs = v_base + (block * v_stride_block + slot)[:, None] + (d * BLOCK_SIZE)[None, :]
+    if MASKED:
+        # Slots past the end may hold NaN: masked loads keep them out of the products.
+        k_raw = tl.load(k_ptrs, mask=d_mask[:, None] & valid[None, :], other=0.0)
+        v_raw = tl.load(v_ptrs, mask=valid[:, None] & d_mask[None, :], other=0.0)
+    else:
+        k_raw = tl.load(k_ptrs, mask=d_mask[:, None], other=0.0)
+        v_raw = tl.load(v_ptrs, mask=d_mask[None, :], other=0.0)
+    k = _dequantize(k_raw, ks, FP8, COMPUTE)
+    logits = _logits(q, _operand(k, HALF_DOT, COMPUTE), scale, USE_DOT, HALF_DOT, PRECISION)
+    if HAS_ALIBI:
+        logits += slopes[:, None] * (tok - seq_len + 1).to(tl.float32)[None, :]
+    if SPARSE:
+        sparse_block = (tok // BLOCK_SIZE) * BLOCK_SIZE // sparse_block_size
+        remote = (sparse_block[None, :] + offset[:, None]) % sparse_vert_stride == 0
+        local = sparse_block > query_block - sparse_local_blocks
+        attended = remote | local[None, :]
+        # As vLLM: skipped tokens take the logit -FLT_MAX (they count in the max and exp sum).
+        logits = tl.where(attended, logits, -_FLT_MAX)
+    if MASKED:
+        logits = tl.where(valid[None, :], logits, float("-inf"))
+
+    m_new = tl.maximum(m, tl.max(logits, axis=1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(logits - m_new[:, None])
+    s = s * alpha + tl.sum(p, axis=1)
+    if SPARSE:
+        p = tl.where(attended, p, 0.0)
+    v = _dequantize(v_raw, vs, FP8, COMPUTE)
     acc = acc * alpha[:, None] + _weighted_values(p, _operand(v, HALF_DOT, COMPUTE), USE_DOT, HALF_DOT, PRECISION)
     return m_new, s, acc
 
@@ -213,6 +277,7 @@ def _partition_kernel(
     USE_DOT: tl.constexpr,
     HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     """The softmax statistics and normalised output of one split for one GQA group of heads."""
     seq = tl.program_id(0)
@@ -275,19 +340,35 @@ def _partition_kernel(
     # partial tile of the split is masked.
     full_end = start + (end - start) // TILE * TILE
     for tile_start in range(start, full_end, TILE):
-        m, s, acc = _tile(
-            m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-            k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
-            sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
-            USE_DOT, HALF_DOT, PRECISION, False,
-        )  # fmt: skip
+        if FLAT:
+            m, s, acc = _tile_flat(
+                m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+                d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride,
+                sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT,
+                HALF_DOT, PRECISION, False,
+            )  # fmt: skip
+        else:
+            m, s, acc = _tile(
+                m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+                k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
+                sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
+                USE_DOT, HALF_DOT, PRECISION, False,
+            )  # fmt: skip
     if full_end < end:
-        m, s, acc = _tile(
-            m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-            k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
-            sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
-            USE_DOT, HALF_DOT, PRECISION, True,
-        )  # fmt: skip
+        if FLAT:
+            m, s, acc = _tile_flat(
+                m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+                d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride,
+                sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT,
+                HALF_DOT, PRECISION, True,
+            )  # fmt: skip
+        else:
+            m, s, acc = _tile(
+                m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
+                k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
+                sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
+                USE_DOT, HALF_DOT, PRECISION, True,
+            )  # fmt: skip
 
     result = acc / (s + _SOFTMAX_EPS)[:, None]
     rows = (seq * num_heads + heads).to(tl.int64) * num_splits + split
@@ -383,6 +464,10 @@ def _reduce_kernel(
         tl.store(lse + head * num_seqs + seq, global_max + tl.log(total_sum))
 
 
+_partition_launcher = Launcher(_partition_kernel)
+_reduce_launcher = Launcher(_reduce_kernel)
+
+
 @functools.cache
 def _config(
     num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype, interpreted: bool
@@ -406,6 +491,7 @@ def _config(
         "HALF_DOT": use_dot and dtype != torch.float32 and not interpreted,
         # fp32 values take tf32x3 (about fp32 accuracy).
         "PRECISION": "tf32x3",
+        "FLAT": _FLAT,
         "num_warps": _NUM_WARPS,
         "num_stages": _NUM_STAGES,
     }
@@ -418,7 +504,7 @@ def _sm_count(device: torch.device) -> int:
 
 @functools.cache
 def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.device) -> int:
-    """Tokens per program: the largest of ``PARTITION_SIZE, /2, /4, ...`` (down to ``_MIN_SPLIT``)
+    """Tokens per program: the largest of ``_MAX_SPLIT, /2, /4, ...`` (down to ``_MIN_SPLIT``)
     that still gives every SM ``_PROGRAMS_PER_SM`` programs, so that a few sequences fill the GPU.
 
     ``capacity`` (the block table's tokens) stands for the context length, which only the device knows.
@@ -426,7 +512,7 @@ def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.d
     if device.type != "cuda":
         return PARTITION_SIZE
     wanted = _PROGRAMS_PER_SM * _sm_count(device)
-    split = PARTITION_SIZE
+    split = _MAX_SPLIT
     while split > _MIN_SPLIT and num_seqs * num_kv_heads * triton.cdiv(capacity, split) < wanted:
         split //= 2
     return split
@@ -454,22 +540,43 @@ def _partition(
     """Launches :func:`_partition_kernel`: into ``stats`` (max logits, exp sums, fp32 outputs), or
     straight into ``out`` (and ``lse``) when ``stats`` is ``None`` (one split)."""
     num_seqs, num_heads, head_size = query.shape
-    num_kv_heads = key_cache.shape[1]
+    num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[3]
     pattern = sparse or _DENSE
-    # Pointer arguments a launch does not use get a tensor that is never accessed.
-    max_logits, exp_sums, split_out = stats or (out, out, out)
-    config = _config(num_heads, num_kv_heads, head_size, key_cache.shape[3], query.dtype, triton_interpreted())
-    _partition_kernel[(num_seqs, num_kv_heads, num_splits)](
-        query, key_cache, value_cache, block_tables, seq_lens,
-        seq_lens if alibi_slopes is None else alibi_slopes, k_scale, v_scale,
-        max_logits, exp_sums, split_out, split_out if tmp_out is None else tmp_out, out, out if lse is None else lse,
-        scale, query.stride(0), block_tables.stride(0), key_cache.stride(0), key_cache.stride(1),
-        value_cache.stride(0), value_cache.stride(1), num_heads, num_kv_heads, num_splits,
-        pattern.local_blocks, pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
-        BLOCK_SIZE=key_cache.shape[3], X=key_cache.shape[4], SPLIT=split, FP8=_FP8_KINDS[kv_cache_dtype],
-        HAS_ALIBI=alibi_slopes is not None, SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None,
-        DIRECT=stats is None, WRITE_LSE=lse is not None, **config,
+    fp8 = _FP8_KINDS[kv_cache_dtype]
+    direct = stats is None
+    # Pointers a launch never reads are passed as None (no launcher checks, no specialisation).
+    max_logits, exp_sums, split_out = stats or (None, None, None)
+    pointers = (
+        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale if fp8 else None,
+        v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out if direct else None,
+        lse if direct else None,
     )  # fmt: skip
+    ints = (
+        query.stride(0), block_tables.stride(0), key_cache.stride(0), key_cache.stride(1), value_cache.stride(0),
+        value_cache.stride(1), num_heads, num_kv_heads, num_splits, pattern.local_blocks, pattern.vert_stride,
+        pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
+    )  # fmt: skip
+    shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
+    flags = (key_cache.shape[4], split, fp8, sparse is not None)
+
+    def constexprs() -> dict[str, object]:
+        return dict(
+            BLOCK_SIZE=block_size, X=key_cache.shape[4], SPLIT=split, FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
+            SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct, WRITE_LSE=lse is not None,
+            **_config(*shape),
+        )  # fmt: skip
+
+    _partition_launcher.launch(
+        _launch_key(shape, flags, ints, pointers), (num_seqs, num_kv_heads, num_splits),
+        (*pointers, scale, *ints), constexprs,
+    )  # fmt: skip
+
+
+def _launch_key(shape: tuple, flags: tuple, ints: tuple, pointers: tuple) -> tuple | None:
+    """What a launch specialises on (see :class:`Launcher`): ``None`` off the GPU."""
+    if shape[-1]:
+        return None
+    return shape, flags, ints, tuple(None if t is None else t.dtype for t in pointers), aligned(*pointers)
 
 
 def _scratch(num_seqs: int, num_heads: int, num_splits: int, head_size: int, device: torch.device) -> tuple:
@@ -493,14 +600,22 @@ def _reduce(
     partitions, whose statistics it also writes."""
     max_logits, exp_sums, split_out = stats
     num_seqs, num_heads, num_splits, head_size = split_out.shape
-    part_max, part_sum, part_out = partitions or (exp_sums, exp_sums, exp_sums)
-    _reduce_kernel[(num_seqs, num_heads)](
-        out, exp_sums if lse is None else lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out,
-        seq_lens, num_seqs, num_heads, num_splits, part_max.shape[-1], HEAD_SIZE=head_size,
-        HEAD_PAD=triton.next_power_of_2(head_size), SPLIT=split,
-        REDUCE_TILE=_REDUCE_TILE if partitions is None else PARTITION_SIZE // split,
-        WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
-    )  # fmt: skip
+    part_max, part_sum, part_out = partitions or (None, None, None)
+    num_partitions = 0 if part_max is None else part_max.shape[-1]
+    pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
+    ints = (num_seqs, num_heads, num_splits, num_partitions)
+    reduce_tile = _REDUCE_TILE if partitions is None else PARTITION_SIZE // split
+    shape = (head_size, split, reduce_tile, triton_interpreted())
+
+    def constexprs() -> dict[str, object]:
+        return dict(
+            HEAD_SIZE=head_size, HEAD_PAD=triton.next_power_of_2(head_size), SPLIT=split, REDUCE_TILE=reduce_tile,
+            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
+        )  # fmt: skip
+
+    _reduce_launcher.launch(
+        _launch_key(shape, (), ints, pointers), (num_seqs, num_heads), (*pointers, *ints), constexprs
+    )
 
 
 def _attention(
@@ -592,7 +707,7 @@ def paged_attention_v2(
     if num_seqs == 0:
         return
     capacity = block_tables.shape[1] * key_cache.shape[3]
-    split = split or _auto_split(num_seqs, key_cache.shape[1], capacity, query.device)
+    split = split or min(PARTITION_SIZE, _auto_split(num_seqs, key_cache.shape[1], capacity, query.device))
     num_splits = exp_sums.shape[2] * (PARTITION_SIZE // split)
     stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
     direct = split == PARTITION_SIZE
