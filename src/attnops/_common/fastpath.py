@@ -96,7 +96,8 @@ class Launcher:
         hit = None if key is None else self.compiled.get(key)
         if hit is not None:
             compiled, tail = hit
-            compiled[grid](*args, *tail)
+            # The compiled handle reads all three grid dimensions.
+            compiled[(*grid, 1, 1)[:3]](*args, *tail)
             return
         params = constexprs()
         compiled = self.kernel[grid](*args, **params)

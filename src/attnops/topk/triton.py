@@ -50,6 +50,8 @@ _TILE = 1024
 # share = k * chunk length / row length: its expected part of the top k for data in random order.
 _SLACK_SIGMAS = 6.0
 _SLACK_MIN = 16
+# ... and at least this fraction of its slots.
+_MIN_FILL = 0.75
 _CHUNK_WARPS = 8
 _FINISH_WARPS = 8
 # CUDA's limit on the second grid dimension.
@@ -295,6 +297,7 @@ def _chunk_kernel(
     CANDIDATES: tl.constexpr,
     SLACK_SIGMAS: tl.constexpr,
     SLACK_MIN: tl.constexpr,
+    MIN_FILL: tl.constexpr,
     TILE: tl.constexpr,
 ):
     """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
@@ -317,6 +320,9 @@ def _chunk_kernel(
         per_chunk = CANDIDATES // num_chunks
         share = length.to(tl.float32) * k / n
         need_lo = (share + SLACK_SIGMAS * tl.sqrt(share)).to(tl.int32) + 1 + SLACK_MIN
+        # Filling most slots costs the search about one more step and keeps the candidates
+        # exact for more skewed rows (such as most keys -inf and the rest gathered in one chunk).
+        need_lo = tl.maximum(need_lo, (per_chunk * MIN_FILL).to(tl.int32))
         need_lo = tl.minimum(tl.minimum(need_lo, per_chunk), length)
         lo, hi, count_hi = _search(keys, length, need_lo, per_chunk)
         # Read the chunk again in small tiles to write its candidates (see _emit_row).
@@ -432,7 +438,7 @@ def _launch(
         chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
         _chunk_kernel[(num_rows, chunk_programs)](
             logits, *bounds, cand_keys, cand_cols, chunk_info, **flags,
-            SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, TILE=_TILE, num_warps=_CHUNK_WARPS,
+            SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL, TILE=_TILE, num_warps=_CHUNK_WARPS,
         )  # fmt: skip
     else:
         # Never read (HAS_CANDIDATES is off).
