@@ -2,9 +2,9 @@
 
 Each case runs with the kernel's own constants and with tiny ones (rows of more than 64
 columns are "long", chunks of 32 columns, 128 candidate slots, tiles of 16), so that on small
-rows every path runs: rows no longer than k, rows held in one program, chunk candidates, and
-the streaming fallback (candidates that cannot prove the selection exact, rows longer than the
-chunk programs cover, k above the candidate slots).
+rows every path runs: rows no longer than k, rows held in one program, chunk candidates, chunks
+searched again over all their columns (more top keys than candidate slots), and the streaming
+fallback (rows longer than the chunk programs cover, k above the candidate slots).
 """
 
 from __future__ import annotations
@@ -37,19 +37,23 @@ def sizes(request, monkeypatch):
 
 
 @pytest.fixture
-def fallbacks(monkeypatch, device):
-    """Calls of the streaming fallback (counted only under the interpreter; ``None`` on a GPU)."""
-    if device.type == "cuda":
-        return None
-    calls = []
-    original = kernels._select_streaming
+def spy(monkeypatch, device):
+    """``spy(name)``: the calls of kernel helper ``name``, recorded under the interpreter (``None`` on a GPU)."""
 
-    def counted(*args, **kwargs):
-        calls.append(args)
-        return original.fn(*args, **kwargs)
+    def install(name):
+        if device.type == "cuda":
+            return None
+        calls = []
+        original = getattr(kernels, name)
 
-    monkeypatch.setattr(kernels, "_select_streaming", counted)
-    return calls
+        def counted(*args, **kwargs):
+            calls.append(args)
+            return original.fn(*args, **kwargs)
+
+        monkeypatch.setattr(kernels, name, counted)
+        return calls
+
+    return install
 
 
 def i32(values, device):
@@ -139,13 +143,14 @@ def randn(*shape, seed=0, device="cpu"):
 
 
 @pytest.mark.parametrize("k", [1, 7, 40])
-def test_prefill_ragged_rows(device, sizes, fallbacks, k):
+def test_prefill_ragged_rows(device, sizes, spy, k):
+    fallbacks, repairs = spy("_select_streaming"), spy("_count_repair")
     logits = randn(9, 300, seed=k, device=device)
     starts = [0, 5, 0, 100, 0, 3, 250, 17, 0]
     ends = [300, 200, 10, 300, 64, 290, 250, 17 + k, 65]
     run_prefill(logits, starts, ends, k)
-    # Rows in random order: the chunks' candidates always prove the selection exact.
-    assert not fallbacks
+    # Rows in random order: the chunks' candidates hold the top k.
+    assert not fallbacks and not repairs
 
 
 @pytest.mark.parametrize("next_n", [1, 2])
@@ -189,16 +194,17 @@ def test_ties_give_distinct_indices(device, sizes, fill, k):
     run_decode(logits, 1, [n, n - 1, 150], 3, k)
 
 
-def test_more_equal_values_than_candidate_slots(device, fallbacks):
+def test_more_equal_values_than_candidate_slots(device, spy):
     # At the kernel's own sizes (3 chunks, 1365 slots each). Every chunk cuts its ties; the cut
-    # keys equal the k-th candidate, so no fallback is needed.
+    # keys equal the k-th candidate, so the candidates hold the top k.
+    fallbacks, repairs = spy("_select_streaming"), spy("_count_repair")
     n, k = 20000, 2048
     logits = randn(3, n, seed=5, device=device)
     logits[0, torch.randperm(n, generator=torch.Generator().manual_seed(5))[:15000].to(device)] = 0.0
     logits[1] = 1.5
     logits[2, 1000:19000] = -INF
     run_prefill(logits, [0, 0, 100], [n, n, n], k)
-    assert not fallbacks
+    assert not fallbacks and not repairs
 
 
 def test_nan_follows_the_bit_pattern_order(device, sizes):
@@ -247,20 +253,24 @@ def test_zero_rows(device, sizes):
     run_decode(logits, 1, [100], 0, 3, out_shape=(2, 3))
 
 
-def test_streaming_fallback_when_candidates_cannot_prove_it(device, monkeypatch, fallbacks):
+def test_chunks_holding_more_top_keys_than_slots_are_searched_again(device, monkeypatch, spy):
     for name, value in SMALL.items():
         monkeypatch.setattr(kernels, name, value)
+    fallbacks, repairs = spy("_select_streaming"), spy("_count_repair")
     # Ascending rows: the top 60 of a 300-column row lie in its last two chunks (32 columns
     # each), which keep at most 12 candidates each (128 slots over 10 chunks).
     logits = (torch.arange(300.0) + randn(300, seed=11) * 0.01).repeat(2, 1).to(device)
     run_prefill(logits, [0, 0], [300, 250], 60)
-    if fallbacks is not None:
-        assert len(fallbacks) == 2
+    # Random rows with k near the 120 slots: several chunks hold more than 12 of the top 100.
+    run_prefill(randn(3, 300, seed=12, device=device), [0, 0, 0], [300, 300, 290], 100)
+    if repairs is not None:
+        assert repairs and not fallbacks
 
 
-def test_streaming_fallback_for_rows_beyond_the_chunk_programs(device, monkeypatch, fallbacks):
+def test_streaming_fallback_for_rows_beyond_the_chunk_programs(device, monkeypatch, spy):
     for name, value in SMALL.items():
         monkeypatch.setattr(kernels, name, value)
+    fallbacks = spy("_select_streaming")
     # The view is 64 columns wide (no chunk programs), but the strides reach 500-column rows;
     # and k above the 128 candidate slots.
     storage = randn(1600, seed=12, device=device)
@@ -270,6 +280,8 @@ def test_streaming_fallback_for_rows_beyond_the_chunk_programs(device, monkeypat
         assert len(fallbacks) == 3
     wide = randn(2, 500, seed=13, device=device)
     run_prefill(wide, [0, 0], [500, 400], 130)
+    if fallbacks is not None:
+        assert len(fallbacks) == 5
 
 
 def test_auto_dispatches_to_triton_only_for_cuda(device, monkeypatch):
@@ -325,7 +337,7 @@ def test_full_size_decode_on_gpu(device, length):
     k, num_rows = 2048, 4
     logits = torch.randn(num_rows, length, device=device)
     logits[1, : length // 2] = 0.0  # ties across the threshold
-    logits[2] = torch.arange(length, device=device).float()  # top values in the last chunk: fallback
+    logits[2] = torch.arange(length, device=device).float()  # top values in the last chunk
     out = torch.full((num_rows, k), SENTINEL, dtype=torch.int32, device=device)
     lens = torch.full((num_rows,), length, dtype=torch.int32, device=device)
     topk.top_k_per_row_decode(logits, 1, lens, out, num_rows, length, 1, k, backend="triton")

@@ -91,13 +91,21 @@ class Launcher:
         self.compiled: dict[tuple, tuple[Any, tuple]] = {}
 
     def launch(
-        self, key: tuple | None, grid: tuple[int, ...], args: tuple, constexprs: Callable[[], dict[str, Any]]
+        self,
+        key: tuple | None,
+        grid: tuple[int, ...],
+        args: tuple,
+        constexprs: Callable[[], dict[str, Any]],
+        device: torch.device | None = None,
     ) -> None:
+        """Launch on ``device``'s current stream (``device`` is needed for keyed launches)."""
         hit = None if key is None else self.compiled.get(key)
         if hit is not None:
             compiled, tail = hit
-            # The compiled handle reads all three grid dimensions.
-            compiled[(*grid, 1, 1)[:3]](*args, *tail)
+            # The compiled handle reads all three grid dimensions; a given stream spares it two
+            # Python-level driver queries.
+            stream = torch._C._cuda_getCurrentRawStream(device.index)
+            compiled[(*grid, 1, 1)[:3]](*args, *tail, stream=stream)
             return
         params = constexprs()
         compiled = self.kernel[grid](*args, **params)

@@ -280,8 +280,10 @@ def _partition_kernel(
     FLAT: tl.constexpr,
 ):
     """The softmax statistics and normalised output of one split for one GQA group of heads."""
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    # The kv heads of one (sequence, split) run side by side: they read neighbouring 4 KiB runs of
+    # the same cache blocks.
+    kv_head = tl.program_id(0)
+    seq = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + seq)
     start = split * SPLIT
@@ -379,7 +381,7 @@ def _partition_kernel(
         tl.store(out + out_offsets, result.to(out.dtype.element_ty), mask=out_mask)
         if WRITE_LSE:
             # log(0) = -inf for an empty sequence.
-            tl.store(lse + heads * tl.num_programs(0) + seq, m + tl.log(s), mask=g_mask)
+            tl.store(lse + heads * tl.num_programs(1) + seq, m + tl.log(s), mask=g_mask)
     else:
         tl.store(max_logits + rows, m, mask=g_mask)
         tl.store(exp_sums + rows, s, mask=g_mask)
@@ -537,8 +539,9 @@ def _partition(
     split: int,
     num_splits: int,
 ) -> None:
-    """Launches :func:`_partition_kernel`: into ``stats`` (max logits, exp sums, fp32 outputs), or
-    straight into ``out`` (and ``lse``) when ``stats`` is ``None`` (one split)."""
+    """Launches :func:`_partition_kernel` over (kv head, sequence, split): into ``stats`` (max
+    logits, exp sums, fp32 outputs), or straight into ``out`` (and ``lse``) when ``stats`` is
+    ``None`` (one split)."""
     num_seqs, num_heads, head_size = query.shape
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[3]
     pattern = sparse or _DENSE
@@ -567,8 +570,8 @@ def _partition(
         )  # fmt: skip
 
     _partition_launcher.launch(
-        _launch_key(shape, flags, ints, pointers), (num_seqs, num_kv_heads, num_splits),
-        (*pointers, scale, *ints), constexprs,
+        _launch_key(shape, flags, ints, pointers), (num_kv_heads, num_seqs, num_splits),
+        (*pointers, scale, *ints), constexprs, query.device,
     )  # fmt: skip
 
 

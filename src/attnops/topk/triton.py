@@ -206,8 +206,11 @@ def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.con
 
 
 @triton.jit
-def _candidate_slots(info_row, slots, per_chunk, num_chunks):
-    """Which of a long row's candidate ``slots`` hold a candidate (chunk c wrote its first slots)."""
+def _candidate_slots(info_row, slots, per_chunk, num_chunks, limit):
+    """Which of a long row's candidate ``slots`` hold a candidate of a chunk whose largest left-out key is ``<= limit``.
+
+    Chunk ``c`` wrote the first of its slots ``[c * per_chunk, (c + 1) * per_chunk)``.
+    """
     # slots // per_chunk through an fp32 reciprocal and one correction each way: an integer
     # division by a runtime value costs a long sequence and many registers per lane.
     chunk = (slots.to(tl.float32) * (1.0 / per_chunk)).to(tl.int32)
@@ -215,11 +218,47 @@ def _candidate_slots(info_row, slots, per_chunk, num_chunks):
     chunk = tl.where((chunk + 1) * per_chunk <= slots, chunk + 1, chunk)
     in_chunk = chunk < num_chunks
     written = tl.load(info_row + chunk * 2, mask=in_chunk, other=0)
-    return in_chunk & (slots - chunk * per_chunk < written)
+    left_out = tl.load(info_row + chunk * 2 + 1, mask=in_chunk, other=_KEY_MIN)
+    return in_chunk & (slots - chunk * per_chunk < written) & (left_out <= limit)
+
+
+@triton.jit
+def _count_repair(
+    row_ptr,
+    stride1,
+    n,
+    probe,
+    cand_keys_row,
+    info_row,
+    per_chunk,
+    num_chunks,
+    kth,
+    CHUNK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    TILE: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    """Keys ``>= probe`` among the candidates of the chunks that left out no key above ``kth`` and
+    all the columns of the other chunks, both read from memory (see :func:`_select_candidates`)."""
+    counts = tl.zeros((TILE,), tl.int32)
+    for first in range(0, CANDIDATES, TILE):
+        slots = first + tl.arange(0, TILE)
+        valid = _candidate_slots(info_row, slots, per_chunk, num_chunks, kth)
+        keys = tl.load(cand_keys_row + slots, mask=valid, other=_KEY_MIN)
+        counts += (keys >= probe).to(tl.int32)
+    for chunk in range(0, num_chunks):
+        if tl.load(info_row + chunk * 2 + 1) > kth:
+            for first in range(chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), TILE):
+                cols = first + tl.arange(0, TILE)
+                keys = _load_keys(row_ptr, cols, cols < n, stride1, WIDE)
+                counts += (keys >= probe).to(tl.int32)
+    return tl.sum(counts, axis=0)
 
 
 @triton.jit
 def _select_candidates(
+    row_ptr,
+    stride1,
     cand_keys_ptr,
     cand_cols_ptr,
     chunk_info_ptr,
@@ -233,12 +272,17 @@ def _select_candidates(
     CANDIDATES: tl.constexpr,
     CHUNK_SLOTS: tl.constexpr,
     TILE: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
-    """Top-``k`` of a long row from its chunks' candidates; int32 1 if written, 0 if that cannot be exact.
+    """Top-``k`` of a long row from its chunks' candidates; int32 1 if written, 0 if there are too few.
 
-    Exact when no chunk left out a key above the k-th largest candidate (left-out keys equal
-    to it are ties). Returns 0, writing nothing, when it is not, when the candidates are fewer
-    than ``k`` or when the row has more chunks than the chunk kernel had programs.
+    Returns 0, writing nothing, when the candidates are fewer than ``k`` or when the row has
+    more chunks than the chunk kernel had programs. Otherwise the result is exact: let ``kth``
+    be the k-th largest candidate. A chunk whose left-out keys are all ``<= kth`` holds no
+    key above the row's k-th largest beyond its candidates (the row's k-th largest is at least
+    ``kth``; left-out keys equal to it are ties). The chunks that left out larger keys (the top
+    keys gathered in a few chunks, as in a sorted row) are searched again over all their
+    columns, read from the logits once per bisection step, within ``[kth, largest left-out]``.
     """
     num_chunks = tl.cdiv(n, CHUNK)
     fits = num_chunks <= num_chunk_programs
@@ -253,25 +297,46 @@ def _select_candidates(
         per_chunk = CANDIDATES // num_chunks
         cand_row = row.to(tl.int64) * CANDIDATES
         slots = tl.arange(0, CANDIDATES)
-        valid = _candidate_slots(info_row, slots, per_chunk, num_chunks)
+        valid = _candidate_slots(info_row, slots, per_chunk, num_chunks, _KEY_MAX)
         keys = tl.load(cand_keys_ptr + cand_row + slots, mask=valid, other=_KEY_MIN)
         lo, hi, count_hi = _search(keys, total, k, k)
         # The k-th largest candidate: lo, unless the search ended on a probe taking exactly k.
-        kth = tl.where(lo == hi, tl.min(tl.where(valid & (keys >= hi), keys, _KEY_MAX), axis=0), lo)
+        kth = tl.where(lo == hi, tl.min(tl.where(valid & (keys >= hi), keys, _KEY_MAX), axis=0), lo).to(tl.int32)
         left_out = tl.max(tl.load(info_row + chunks * 2 + 1, mask=present, other=_KEY_MIN), axis=0)
-        done = (left_out <= kth).to(tl.int32)
-        if done != 0:
-            taken_above = n * 0
-            taken_equal = n * 0
-            for first in range(0, CANDIDATES, TILE):
-                tile_slots = first + tl.arange(0, TILE)
-                tile_valid = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks)
-                tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
-                take, position, taken_above, taken_equal = _rank(
-                    tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
-                )
-                cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=take)
-                tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+        if left_out > kth:
+            # The row's k-th largest lies in [kth, left_out]; every key above left_out is a candidate.
+            count_hi = tl.sum((valid & (keys > left_out)).to(tl.int32), axis=0)
+            lo = kth.to(tl.int64)
+            hi = left_out.to(tl.int64) + 1
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                count = _count_repair(
+                    row_ptr, stride1, n, mid.to(tl.int32), cand_keys_ptr + cand_row, info_row, per_chunk, num_chunks,
+                    kth, CHUNK, CANDIDATES, TILE, WIDE,
+                )  # fmt: skip
+                lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, count, k, k)
+        # Write the taken candidates of the chunks that passed, then the failing chunks' columns.
+        taken_above = n * 0
+        taken_equal = n * 0
+        for first in range(0, CANDIDATES, TILE):
+            tile_slots = first + tl.arange(0, TILE)
+            tile_valid = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks, kth)
+            tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
+            take, position, taken_above, taken_equal = _rank(
+                tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
+            )
+            cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=take)
+            tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+        for chunk in range(0, num_chunks):
+            if tl.load(info_row + chunk * 2 + 1) > kth:
+                for first in range(chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), TILE):
+                    cols = first + tl.arange(0, TILE)
+                    tile_valid = cols < n
+                    tile_keys = _load_keys(row_ptr, cols, tile_valid, stride1, WIDE)
+                    take, position, taken_above, taken_equal = _rank(
+                        tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
+                    )
+                    tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
     return done
 
 
@@ -395,8 +460,8 @@ def _finish_kernel(
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
             done = _select_candidates(
-                cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k, out_row,
-                out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, TILE,
+                row_ptr, stride1, cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k,
+                out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, TILE, WIDE,
             )  # fmt: skip
         if done == 0:
             _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE, WIDE)
