@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnops.bench import shapes as S
 
 Call = Callable[[], Any]
+# SDPA backends the dense-attention baseline may use, in PyTorch's priority order (flash first).
+_DENSE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,13 @@ def _sparse_prefill_case(shape: S.SparsePrefillShape, device: torch.device, seed
     def make(backend: str) -> Call:
         return lambda: sparse_prefill_attention(q, k, v, *tables, backend=backend)
 
+    def dense() -> torch.Tensor:
+        # FlashAttention where it applies (cuDNN excluded, so the baseline is the same kernel everywhere).
+        with sdpa_kernel(_DENSE_SDPA):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
     kernel = Kernel("sparse", "sparse_prefill_attention", make)
-    return BenchCase((kernel,), "dense causal SDPA", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    return BenchCase((kernel,), "dense causal SDPA (flash)", dense)
 
 
 def _decode_case(shape: S.DecodeShape, device: torch.device, seed: int) -> BenchCase:

@@ -172,7 +172,7 @@ _FULL: dict[str, tuple[Shape, ...]] = {
         *(TopKShape("prefill", 4096, n) for n in (8192, 32768)),
     ),
     "vertical_slash": tuple(VerticalSlashShape(c) for c in (32768, 131072)),
-    "sparse_prefill": tuple(SparsePrefillShape(c) for c in (8192, 32768)),
+    "sparse_prefill": tuple(SparsePrefillShape(c) for c in (8192, 32768, 131072)),
 }
 
 _QUICK: dict[str, tuple[Shape, ...]] = {
