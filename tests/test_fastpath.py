@@ -63,3 +63,57 @@ def test_cuda_verdicts_are_memoised_per_signature(monkeypatch):
     monkeypatch.setenv("ATTNOPS_CHECK", "1")
     validate(x, 1)
     assert len(calls) == 5
+
+
+class FakeCompiled:
+    """Stands for a compiled Triton kernel: records the launches through its handle."""
+
+    function = object()
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, stream: self.launches.append((grid, args, stream))
+
+
+class FakeKernel:
+    """Stands for a ``@triton.jit`` function with runtime parameters a, b and constexprs C, D."""
+
+    arg_names = ("a", "b", "C", "D")
+
+    def __init__(self):
+        self.jit_launches = []
+        self.compiled = FakeCompiled()
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.jit_launches.append((grid, args, kwargs))
+            return self.compiled
+
+        return run
+
+
+def test_launcher_reuses_the_compiled_handle(monkeypatch):
+    from attnops._common.fastpath import Launcher
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 1000 + index, raising=False)
+    kernel = FakeKernel()
+    launcher = Launcher(kernel)
+    made = []
+
+    def constexprs():
+        made.append(1)
+        return {"D": 4, "C": 3, "num_warps": 8}
+
+    device = torch.device("cuda", 1)
+    launcher.launch(("k",), (2, 5), (10, 11), constexprs, device)
+    launcher.launch(("k",), (2, 5), (12, 13), constexprs, device)
+    launcher.launch(None, (7,), (14, 15), constexprs, device)
+    assert kernel.jit_launches == [
+        ((2, 5), (10, 11), {"D": 4, "C": 3, "num_warps": 8}),
+        ((7,), (14, 15), {"D": 4, "C": 3, "num_warps": 8}),
+    ]
+    # Constexprs in signature order, launch options left out, the grid made three-dimensional.
+    assert kernel.compiled.launches == [((2, 5, 1), (12, 13, 3, 4), 1001)]
+    assert len(made) == 2

@@ -96,9 +96,9 @@ class Launcher:
         grid: tuple[int, ...],
         args: tuple,
         constexprs: Callable[[], dict[str, Any]],
-        device: torch.device | None = None,
+        device: torch.device,
     ) -> None:
-        """Launch on ``device``'s current stream (``device`` is needed for keyed launches)."""
+        """Launch on ``device``'s current stream."""
         hit = None if key is None else self.compiled.get(key)
         if hit is not None:
             compiled, tail = hit

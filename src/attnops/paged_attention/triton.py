@@ -617,7 +617,7 @@ def _reduce(
         )  # fmt: skip
 
     _reduce_launcher.launch(
-        _launch_key(shape, (), ints, pointers), (num_seqs, num_heads), (*pointers, *ints), constexprs
+        _launch_key(shape, (), ints, pointers), (num_seqs, num_heads), (*pointers, *ints), constexprs, out.device
     )
 
 
