@@ -188,7 +188,7 @@ def test_row_length_equal_to_k_and_one_more(device, sizes):
 @pytest.mark.parametrize("k", [1, 9, 50])
 def test_ties_give_distinct_indices(device, sizes, fill, k):
     g = torch.Generator().manual_seed(k)
-    n = 400
+    n = 200
     logits = torch.stack([fill(n, g) for _ in range(3)]).to(device)
     run_prefill(logits, [0, 3, 0], [n, n, 60], k)
     run_decode(logits, 1, [n, n - 1, 150], 3, k)

@@ -212,6 +212,21 @@ def _close_range(
     return nblk, ncol, vcur
 
 
+@triton.jit
+def _fill_zeros(row_ptr, first, stop, CHUNK: tl.constexpr):
+    """Zero entries ``[first, stop)`` of a row: masked partial chunks at both ends, unmasked (vector) chunks between."""
+    lanes = tl.arange(0, CHUNK)
+    zeros = tl.zeros([CHUNK], tl.int32)
+    body_start = tl.cdiv(first, CHUNK) * CHUNK
+    body_stop = (stop // CHUNK) * CHUNK
+    idx = (first // CHUNK) * CHUNK + lanes
+    tl.store(row_ptr + idx, zeros, mask=(idx >= first) & (idx < tl.minimum(body_start, stop)))
+    for k0 in range(body_start, body_stop, CHUNK):
+        tl.store(row_ptr + k0 + lanes, zeros)
+    idx = tl.maximum(body_stop, body_start) + lanes
+    tl.store(row_ptr + idx, zeros, mask=idx < stop)
+
+
 @triton.jit(do_not_specialize=["num_heads", "num_rows", "nnz_v", "nnz_s", "M", "N"])
 def _convert_kernel(
     q_seqlens_ptr,
@@ -238,6 +253,8 @@ def _convert_kernel(
     stride_sb,
     stride_sh,
     stride_sj,
+    bo_stride,
+    ci_stride,
     CAUSAL: tl.constexpr,
     HAS_COUNTS: tl.constexpr,
     SEARCH_BITS: tl.constexpr,
@@ -262,8 +279,9 @@ def _convert_kernel(
     s_row = slash_ptr + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh
     aux = bh.to(tl.int64) * nnz_s
     row = bh.to(tl.int64) * num_rows + m
-    bo_row = block_offset_ptr + row * nnz_s
-    ci_row = column_index_ptr + row * nnz_v
+    # Row strides of the outputs (nnz_s, nnz_v) as specialised arguments: 16-byte aligned rows get vector stores.
+    bo_row = block_offset_ptr + row * bo_stride
+    ci_row = column_index_ptr + row * ci_stride
 
     nblk = tl.full((), 0, tl.int32)
     ncol = tl.full((), 0, tl.int32)
@@ -324,14 +342,8 @@ def _convert_kernel(
         kept = _count_below(v_row, stride_vj, vcur, nv, cutoff, V_CHUNK)
         ncol = _copy_verticals(v_row, stride_vj, vcur, kept, ci_row, ncol, nnz_v, V_CHUNK)
 
-    zeros = tl.zeros([Z_CHUNK], tl.int32)
-    lanes_z = tl.arange(0, Z_CHUNK)
-    for k0 in range((nblk // Z_CHUNK) * Z_CHUNK, nnz_s, Z_CHUNK):
-        idx = k0 + lanes_z
-        tl.store(bo_row + idx, zeros, mask=(idx >= nblk) & (idx < nnz_s))
-    for k0 in range((ncol // Z_CHUNK) * Z_CHUNK, nnz_v, Z_CHUNK):
-        idx = k0 + lanes_z
-        tl.store(ci_row + idx, zeros, mask=(idx >= ncol) & (idx < nnz_v))
+    _fill_zeros(bo_row, nblk, nnz_s, Z_CHUNK)
+    _fill_zeros(ci_row, ncol, nnz_v, Z_CHUNK)
     tl.store(block_count_ptr + row, nblk)
     tl.store(column_count_ptr + row, ncol)
 
@@ -368,7 +380,7 @@ def _convert(
     _convert_kernel[(batch * heads * rows,)](
         q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, v_count, s_count, run_end, run_bottom,
         block_count, block_offset, column_count, column_index,
-        heads, rows, nnz_v, nnz_s, block_size_M, block_size_N, *vertical_indexes.stride(), *s_strides,
+        heads, rows, nnz_v, nnz_s, block_size_M, block_size_N, *vertical_indexes.stride(), *s_strides, nnz_s, nnz_v,
         CAUSAL=causal, HAS_COUNTS=has_counts, SEARCH_BITS=nnz_s.bit_length(),
         V_CHUNK=_VERTICAL_CHUNK, B_CHUNK=_BLOCK_CHUNK, Z_CHUNK=_ZERO_CHUNK, num_warps=_CONVERT_WARPS,
     )  # fmt: skip
