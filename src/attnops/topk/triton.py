@@ -3,28 +3,30 @@
 Values are compared through an int32 key with the order of the fp32 bit patterns (the
 reference's ``_ordered_key``: ``-0.0`` just below ``+0.0``, a NaN with a clear sign bit above
 ``+inf``, one with the sign bit set below ``-inf``). Selection is a threshold search over that
-key: a bisection of the int32 range in which each probe counts the keys at or above the probe
-(one compare and one add per key, then a block reduction). It never relies on distinct values:
-when the k-th key is shared, the keys above it are taken and then just enough of the equal ones,
-numbered by a prefix sum, so an index never repeats.
+key: a bisection of the int32 range in which each probe counts the keys at or above it (one
+compare and one add per key held in registers, then a block reduction; about 20 probes for
+random data). It never relies on distinct values: when the k-th key is shared, the keys above
+it are taken and then just enough of the equal ones, numbered by a prefix sum, so an index
+never repeats.
 
-Two launches, with grids from shapes only and no host synchronisation (CUDA-graph safe):
+Two launches, with grids and scratch sizes from shapes only and no host synchronisation
+(CUDA-graph safe):
 
 1. :func:`_chunk_kernel`, launched only when ``logits`` is wider than ``_SHORT_ROW`` columns:
-   grid ``(num_rows, chunk programs)``; program ``(r, c)`` takes columns
-   ``[c * _CHUNK, (c + 1) * _CHUNK)`` of row ``r`` when the row is longer than ``_SHORT_ROW``.
-   It searches, in registers, for a threshold that keeps at least the chunk's fair share of the
-   row's top k plus ``_SLACK_SIGMAS`` binomial standard deviations, and at most its
-   ``_CANDIDATES // num_chunks`` slots of the row's candidate buffer, and writes those keys and
-   column indices there, with how many it wrote and the largest key it left out.
+   grid ``(num_rows, cdiv(width, _CHUNK))``; program ``(r, c)`` takes columns
+   ``[c * _CHUNK, (c + 1) * _CHUNK)`` of row ``r`` if the row is longer than ``_SHORT_ROW``.
+   It searches its keys, in registers, for a threshold keeping at least its fair share of the
+   row's top k plus ``_SLACK_SIGMAS`` binomial standard deviations and ``_MIN_FILL`` of its
+   ``_CANDIDATES // num_chunks`` slots, at most all of them, and writes those keys and columns
+   to its slots of the row's candidate buffer (int32 ``[num_rows, _CANDIDATES]`` each), with how
+   many it wrote and the largest key it left out (int32 ``[num_rows, chunk programs, 2]``).
 2. :func:`_finish_kernel`, one program per row. A row of ``n <= k`` columns gets
-   ``0..n-1, -1...``; a row of at most ``_SHORT_ROW`` columns is selected exactly in registers.
-   A longer row is selected exactly among its candidates; the result is the row's top k when no
-   chunk left out a key above the k-th candidate (the chunks kept several standard deviations
-   more than their share, so for any data without a strong pattern along the row this holds).
-   When it does not, or the row is longer than the chunk programs cover, the program selects
-   over the whole row, streaming it from global memory once per bisection step: slow, but exact
-   for any data.
+   ``0..n-1, -1...``; a row of at most ``_SHORT_ROW`` columns is searched in registers. A longer
+   row is searched among its candidates, in registers. A chunk that left out a key above the
+   k-th candidate (more top keys than slots: the top of the row gathered in a few chunks) is
+   searched again over all its columns, read from the logits once per probe. A row with more
+   chunks than there were programs, or fewer candidates than k (k above ``_CANDIDATES``), is
+   searched over all its columns the same way: slow, but exact for any data.
 """
 
 from __future__ import annotations
@@ -238,8 +240,11 @@ def _count_repair(
     TILE: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """Keys ``>= probe`` among the candidates of the chunks that left out no key above ``kth`` and
-    all the columns of the other chunks, both read from memory (see :func:`_select_candidates`)."""
+    """Keys ``>= probe`` of a long row whose chunks' candidates cannot prove its selection.
+
+    Counts the candidates of the chunks that left out no key above ``kth`` and all the columns
+    of the other chunks, both read from memory (see :func:`_select_candidates`).
+    """
     counts = tl.zeros((TILE,), tl.int32)
     for first in range(0, CANDIDATES, TILE):
         slots = first + tl.arange(0, TILE)
