@@ -181,7 +181,7 @@ def _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TI
     taken_above = n * 0
     taken_equal = n * 0
     for first in range(0, n, TILE):
-        cols = first + tl.arange(0, TILE)
+        cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
         valid = cols < n
         keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
         take, position, taken_above, taken_equal = _rank(
@@ -200,7 +200,7 @@ def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.con
         # Per-lane counts, reduced once per step.
         counts = tl.zeros((TILE,), tl.int32)
         for first in range(0, n, TILE):
-            cols = first + tl.arange(0, TILE)
+            cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
             keys = _load_keys(row_ptr, cols, cols < n, stride1, WIDE)
             counts += (keys >= probe).to(tl.int32)
         lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, tl.sum(counts, axis=0), k, k)
@@ -247,14 +247,14 @@ def _count_repair(
     """
     counts = tl.zeros((TILE,), tl.int32)
     for first in range(0, CANDIDATES, TILE):
-        slots = first + tl.arange(0, TILE)
+        slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
         valid = _candidate_slots(info_row, slots, per_chunk, num_chunks, kth)
         keys = tl.load(cand_keys_row + slots, mask=valid, other=_KEY_MIN)
         counts += (keys >= probe).to(tl.int32)
     for chunk in range(0, num_chunks):
         if tl.load(info_row + chunk * 2 + 1) > kth:
             for first in range(chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), TILE):
-                cols = first + tl.arange(0, TILE)
+                cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
                 keys = _load_keys(row_ptr, cols, cols < n, stride1, WIDE)
                 counts += (keys >= probe).to(tl.int32)
     return tl.sum(counts, axis=0)
@@ -324,7 +324,7 @@ def _select_candidates(
         taken_above = n * 0
         taken_equal = n * 0
         for first in range(0, CANDIDATES, TILE):
-            tile_slots = first + tl.arange(0, TILE)
+            tile_slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
             tile_valid = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks, kth)
             tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
             take, position, taken_above, taken_equal = _rank(
@@ -335,7 +335,7 @@ def _select_candidates(
         for chunk in range(0, num_chunks):
             if tl.load(info_row + chunk * 2 + 1) > kth:
                 for first in range(chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), TILE):
-                    cols = first + tl.arange(0, TILE)
+                    cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
                     tile_valid = cols < n
                     tile_keys = _load_keys(row_ptr, cols, tile_valid, stride1, WIDE)
                     take, position, taken_above, taken_equal = _rank(
@@ -400,7 +400,7 @@ def _chunk_kernel(
         taken_above = n * 0
         taken_equal = n * 0
         for first in range(chunk * CHUNK, chunk * CHUNK + length, TILE):
-            tile_cols = first + tl.arange(0, TILE)
+            tile_cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
             tile_valid = tile_cols < n
             tile_keys = _load_keys(logits_ptr + offset, tile_cols, tile_valid, stride1, WIDE)
             take, position, taken_above, taken_equal = _rank(
@@ -453,7 +453,7 @@ def _finish_kernel(
     out_row = out_ptr + row.to(tl.int64) * out_stride0
     if n <= k:
         for first in range(0, k, TILE):
-            slots = first + tl.arange(0, TILE)
+            slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
             tl.store(out_row + slots.to(tl.int64) * out_stride1, tl.where(slots < n, slots, -1), mask=slots < k)
     elif n <= SHORT_ROW:
         cols = tl.arange(0, SHORT_ROW)
