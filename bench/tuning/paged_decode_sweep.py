@@ -21,14 +21,14 @@ from attnops.paged_attention import triton as kernels
 SWEEP_SHAPES = [(1, 16384), (32, 4096), (128, 4096)]
 GRID = [(s, c) for s in (1, 8, 32, 128) for c in (1024, 4096, 16384)]
 SPACE = {
-    "_FLAT": (True, False),
+    "_PREFETCH": (False, True),
     "_TILE_TOKENS": (32, 64),
-    "_NUM_WARPS": (4,),
-    "_NUM_STAGES": (2,),
+    "_NUM_WARPS": (2, 4, 8),
+    "_NUM_STAGES": (1, 2),
     "_PROGRAMS_PER_SM": (4,),
-    "_MAX_SPLIT": (512, 2048),
+    "_MAX_SPLIT": (512,),
 }
-QUICK_SPACE = {"_FLAT": (True, False), "_TILE_TOKENS": (64,), "_NUM_WARPS": (4,), "_NUM_STAGES": (2,),
+QUICK_SPACE = {"_PREFETCH": (False, True), "_TILE_TOKENS": (64,), "_NUM_WARPS": (4,), "_NUM_STAGES": (2,),
                "_PROGRAMS_PER_SM": (4,), "_MAX_SPLIT": (512,)}  # fmt: skip
 
 
@@ -83,6 +83,7 @@ def main() -> None:
         for t1, t2, values in sorted(rows)[:5]:
             print(f"  v1 {t1:8.1f} us {nbytes / t1 / 1e3 / peak:6.1%}  v2 {t2:8.1f} us  {values}")
     print(f"grid at defaults {defaults}")
+    _set(defaults)
     for num_seqs, context in GRID:
         v1, v2, nbytes = _calls(num_seqs, context)
         t1, t2 = _time(v1), _time(v2)
@@ -90,6 +91,9 @@ def main() -> None:
             f"  seqs={num_seqs:3d} ctx={context:5d}  v1 {t1:8.1f} us {nbytes / t1 / 1e3:6.0f} GB/s "
             f"{nbytes / t1 / 1e3 / peak:6.1%}   v2 {t2:8.1f} us {nbytes / t2 / 1e3 / peak:6.1%}"
         )
+    for compiled, _ in list(kernels._partition_launcher.compiled.values())[-2:]:
+        print(f"  partition kernel: {compiled.n_regs} registers, {compiled.n_spills} spills, "
+              f"{compiled.metadata.shared} B shared memory")  # fmt: skip
 
 
 if __name__ == "__main__":

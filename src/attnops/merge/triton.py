@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnops._common.backend import triton_interpreted
+from attnops._common.fastpath import Launcher, aligned
 from attnops.merge.api import _dispatcher
 
 # Bytes of one program's tile per input (4096 16-bit or 2048 fp32 elements):
@@ -142,6 +144,9 @@ def _merge_kernel(
         tl.store(out_lse_ptr + heads * out_lse_stride_h + token * out_lse_stride_t, lse, mask=head_mask)
 
 
+_launcher = Launcher(_merge_kernel)
+
+
 @functools.cache
 def _launch_config(num_heads: int, head_size: int, element_size: int) -> tuple[int, int]:
     """``(BLOCK_H, BLOCK_D)`` for one token's heads: a tile of about ``_TILE_BYTES`` per input."""
@@ -172,38 +177,31 @@ def merge_attn_states(
         return
     block_h, block_d = _launch_config(num_heads, head_size, prefix_output.element_size())
     has_scale = output_scale is not None
-    out_lse = prefix_lse if output_lse is None else output_lse
     fp8_max, fp8_bias = _FP8_FORMATS.get(output.dtype, (0.0, 0))
-    grid = (num_tokens, triton.cdiv(num_heads, block_h))
-    _merge_kernel[grid](
-        # fp8 bytes are assembled in the kernel and stored as uint8.
-        output.view(torch.uint8) if has_scale else output,
-        prefix_output,
-        prefix_lse,
-        suffix_output,
-        suffix_lse,
-        out_lse,
-        output_scale if has_scale else prefix_lse,
-        num_heads,
-        num_tokens if prefill_tokens_with_context is None else prefill_tokens_with_context,
-        output.stride(0),
-        output.stride(1),
-        prefix_output.stride(0),
-        prefix_output.stride(1),
-        suffix_output.stride(0),
-        suffix_output.stride(1),
-        prefix_lse.stride(0),
-        prefix_lse.stride(1),
-        suffix_lse.stride(0),
-        suffix_lse.stride(1),
-        out_lse.stride(0),
-        out_lse.stride(1),
-        HEAD_SIZE=head_size,
-        HAS_OUT_LSE=output_lse is not None,
-        HAS_SCALE=has_scale,
-        FP8_MAX=fp8_max,
-        FP8_BIAS=fp8_bias,
-        BLOCK_H=block_h,
-        BLOCK_D=block_d,
-        num_warps=_NUM_WARPS,
-    )
+    # fp8 bytes are assembled in the kernel and stored as uint8; pointers a launch never reads are None.
+    pointers = (
+        output.view(torch.uint8) if has_scale else output, prefix_output, prefix_lse, suffix_output, suffix_lse,
+        output_lse, output_scale,
+    )  # fmt: skip
+    out_lse_strides = (0, 0) if output_lse is None else output_lse.stride()
+    strides = (
+        *output.stride()[:2], *prefix_output.stride()[:2], *suffix_output.stride()[:2], *prefix_lse.stride(),
+        *suffix_lse.stride(), *out_lse_strides,
+    )  # fmt: skip
+    with_context = num_tokens if prefill_tokens_with_context is None else prefill_tokens_with_context
+    key = None
+    if not triton_interpreted():
+        # num_with_context is not specialised on, so it stays out of the key.
+        dtypes = tuple(None if t is None else t.dtype for t in pointers)
+        key = (head_size, block_h, block_d, fp8_max, fp8_bias, num_heads, strides, dtypes, aligned(*pointers))
+
+    def constexprs() -> dict[str, object]:
+        return dict(
+            HEAD_SIZE=head_size, HAS_OUT_LSE=output_lse is not None, HAS_SCALE=has_scale, FP8_MAX=fp8_max,
+            FP8_BIAS=fp8_bias, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+        )  # fmt: skip
+
+    _launcher.launch(
+        key, (num_tokens, triton.cdiv(num_heads, block_h)), (*pointers, num_heads, with_context, *strides),
+        constexprs, output.device,
+    )  # fmt: skip

@@ -38,8 +38,8 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 _TILE_TOKENS = 64
 _NUM_WARPS = 4
 _NUM_STAGES = 2
-# K/V tiles gathered per token (hinted block runs) rather than per block and reshaped.
-_FLAT = True
+# Issue the next tile's loads from registers before this tile's arithmetic (else Triton pipelines).
+_PREFETCH = False
 # Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
 _PROGRAMS_PER_SM = 4
 _MIN_SPLIT = 64
@@ -106,90 +106,24 @@ def _weighted_values(p, v, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECIS
 
 
 @triton.jit
-def _tile(
-    m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-    k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
-    sparse_vert_stride, sparse_block_size,
-    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr,
-    FP8: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr,
-    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
+def _gather(
+    table, tile_start, end, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr, X: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """One online-softmax step over the ``TILE`` tokens from ``tile_start``: the new ``(m, s, acc)``.
+    """Raw K ``[HEAD_PAD, TILE]`` and V ``[TILE, HEAD_PAD]`` of the ``TILE`` tokens from ``tile_start``.
 
-    ``MASKED`` tiles may run past ``end``: tokens there are masked out and their cache slots,
-    which may hold NaN, never reach the result.
+    Both are gathered straight into the products' shapes through a per-token block id, hinted
+    constant over each block's slots so that the loads stay vectorised (``X`` head elements of a
+    key slot, ``BLOCK_SIZE`` slots of a value row are contiguous). ``MASKED`` tiles may run past
+    ``end``: slots there may hold NaN and are loaded as 0.
     """
-    n = tl.arange(0, TILE // BLOCK_SIZE)
-    slot = tl.arange(0, BLOCK_SIZE)
-    tok = tile_start + tl.arange(0, TILE)
-    blocks = tile_start // BLOCK_SIZE + n
-    if MASKED:
-        # Table entries past the sequence's last block are never read.
-        block_valid = blocks * BLOCK_SIZE < end
-        block = tl.load(table + blocks, mask=block_valid, other=0).to(tl.int64)
-        # [TILE // BLOCK_SIZE, BLOCK_SIZE]: token t of the tile is slot t % BLOCK_SIZE of block t // BLOCK_SIZE.
-        slot_valid = (tile_start + n * BLOCK_SIZE)[:, None] + slot[None, :] < end
-        k_mask = slot_valid[:, :, None, None] & k_dim_mask
-    else:
-        block = tl.load(table + blocks).to(tl.int64)
-        k_mask = k_dim_mask
-    k_ptrs = k_base + block[:, None, None, None] * k_stride_block + k_dim
-    k_raw = tl.load(k_ptrs, mask=k_mask, other=0.0)
-    # [TILE // BLOCK_SIZE, BLOCK_SIZE, HEAD_PAD // X, X] -> [HEAD_PAD, TILE].
-    k = _dequantize(tl.trans(tl.reshape(k_raw, [TILE, HEAD_PAD])), ks, FP8, COMPUTE)
-    logits = _logits(q, _operand(k, HALF_DOT, COMPUTE), scale, USE_DOT, HALF_DOT, PRECISION)
-    if HAS_ALIBI:
-        logits += slopes[:, None] * (tok - seq_len + 1).to(tl.float32)[None, :]
-    if SPARSE:
-        sparse_block = (tok // BLOCK_SIZE) * BLOCK_SIZE // sparse_block_size
-        remote = (sparse_block[None, :] + offset[:, None]) % sparse_vert_stride == 0
-        local = sparse_block > query_block - sparse_local_blocks
-        attended = remote | local[None, :]
-        # As vLLM: skipped tokens take the logit -FLT_MAX (they count in the max and exp sum).
-        logits = tl.where(attended, logits, -_FLT_MAX)
-    if MASKED:
-        logits = tl.where((tok < end)[None, :], logits, float("-inf"))
-
-    m_new = tl.maximum(m, tl.max(logits, axis=1))
-    alpha = tl.exp(m - m_new)
-    p = tl.exp(logits - m_new[:, None])
-    s = s * alpha + tl.sum(p, axis=1)
-    if SPARSE:
-        p = tl.where(attended, p, 0.0)
-    v_ptrs = v_base + block[None, :, None] * v_stride_block + v_dim
-    if MASKED:
-        # As in vLLM's kernel, whole blocks are read (a per-slot mask would split the vectors) and
-        # the slots past the end zeroed in registers: they may hold NaN, and 0 * NaN is NaN.
-        v_raw = tl.load(v_ptrs, mask=d_mask[:, None, None] & block_valid[None, :, None], other=0.0)
-        v = tl.where(slot_valid[None, :, :], _dequantize(v_raw, vs, FP8, COMPUTE), 0.0)
-    else:
-        v = _dequantize(tl.load(v_ptrs, mask=d_mask[:, None, None], other=0.0), vs, FP8, COMPUTE)
-    v = tl.reshape(v, [HEAD_PAD, TILE])  # [HEAD_PAD, TILE // BLOCK_SIZE, BLOCK_SIZE] -> [HEAD_PAD, TILE]
-    acc = acc * alpha[:, None] + _weighted_values(
-        p, tl.trans(_operand(v, HALF_DOT, COMPUTE)), USE_DOT, HALF_DOT, PRECISION
-    )
-    return m_new, s, acc
-
-
-@triton.jit
-def _tile_flat(
-    m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-    d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr, X: tl.constexpr,
-    FP8: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr,
-    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
-    """:func:`_tile` with K and V gathered straight into the products' shapes (``[HEAD_PAD, TILE]``
-    and ``[TILE, HEAD_PAD]``) through a per-token block id, hinted constant over each block's
-    slots so that both loads stay vectorised."""
     t = tl.arange(0, TILE)
     d = tl.arange(0, HEAD_PAD)
-    tok = tile_start + t
     # tile_start is a multiple of BLOCK_SIZE: token t is slot t % BLOCK_SIZE of its block.
     entry = tile_start // BLOCK_SIZE + t // BLOCK_SIZE
     slot = t % BLOCK_SIZE
     if MASKED:
-        valid = tok < end
+        valid = tile_start + t < end
         block = tl.load(table + entry, mask=valid, other=0)
     else:
         block = tl.load(table + entry)
@@ -198,12 +132,24 @@ def _tile_flat(
     k_ptrs += (slot * X)[None, :]
     v_ptrs = v_base + (block * v_stride_block + slot)[:, None] + (d * BLOCK_SIZE)[None, :]
     if MASKED:
-        # Slots past the end may hold NaN: masked loads keep them out of the products.
         k_raw = tl.load(k_ptrs, mask=d_mask[:, None] & valid[None, :], other=0.0)
         v_raw = tl.load(v_ptrs, mask=valid[:, None] & d_mask[None, :], other=0.0)
     else:
         k_raw = tl.load(k_ptrs, mask=d_mask[:, None], other=0.0)
         v_raw = tl.load(v_ptrs, mask=d_mask[None, :], other=0.0)
+    return k_raw, v_raw
+
+
+@triton.jit
+def _update(
+    m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
+    sparse_local_blocks, sparse_vert_stride, sparse_block_size,
+    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, FP8: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr,
+    PRECISION: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over the tile's raw K and V (from :func:`_gather`): the new ``(m, s, acc)``."""
+    tok = tile_start + tl.arange(0, TILE)
     k = _dequantize(k_raw, ks, FP8, COMPUTE)
     logits = _logits(q, _operand(k, HALF_DOT, COMPUTE), scale, USE_DOT, HALF_DOT, PRECISION)
     if HAS_ALIBI:
@@ -216,7 +162,7 @@ def _tile_flat(
         # As vLLM: skipped tokens take the logit -FLT_MAX (they count in the max and exp sum).
         logits = tl.where(attended, logits, -_FLT_MAX)
     if MASKED:
-        logits = tl.where(valid[None, :], logits, float("-inf"))
+        logits = tl.where((tok < end)[None, :], logits, float("-inf"))
 
     m_new = tl.maximum(m, tl.max(logits, axis=1))
     alpha = tl.exp(m - m_new)
@@ -277,7 +223,7 @@ def _partition_kernel(
     USE_DOT: tl.constexpr,
     HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
-    FLAT: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """The softmax statistics and normalised output of one split for one GQA group of heads."""
     # The kv heads of one (sequence, split) run side by side: they read neighbouring 4 KiB runs of
@@ -322,14 +268,6 @@ def _partition_kernel(
     tl.static_assert(TILE % BLOCK_SIZE == 0)
     tl.static_assert(SPLIT % BLOCK_SIZE == 0)
     tl.static_assert(HEAD_SIZE % X == 0)
-    slot = tl.arange(0, BLOCK_SIZE)
-    # The contiguous runs of the caches are innermost aranges, so the loads are vectorised:
-    # key chunk c of slot s holds X elements at c * BLOCK_SIZE * X + s * X, a value row d the
-    # BLOCK_SIZE slots at d * BLOCK_SIZE.
-    k_dim = (tl.arange(0, HEAD_PAD // X) * (BLOCK_SIZE * X))[None, None, :, None] + tl.arange(0, X)[None, None, None, :]
-    k_dim += (slot * X)[None, :, None, None]  # [1, BLOCK_SIZE, HEAD_PAD // X, X]
-    k_dim_mask = (tl.arange(0, HEAD_PAD // X) * X < HEAD_SIZE)[None, None, :, None]
-    v_dim = d[:, None, None] * BLOCK_SIZE + slot[None, None, :]  # [HEAD_PAD, 1, BLOCK_SIZE]
     k_base = key_cache + kv_head * k_stride_head
     v_base = value_cache + kv_head * v_stride_head
     table = block_tables + seq.to(tl.int64) * table_stride
@@ -338,39 +276,46 @@ def _partition_kernel(
     m = tl.full([GROUP_PAD], -_FLT_MAX, tl.float32)
     s = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
-    # Full tiles load without per-slot masks (the loads go straight to the products); the last,
-    # partial tile of the split is masked.
+    # Full tiles load without per-slot masks; the last, partial tile of the split is masked.
     full_end = start + (end - start) // TILE * TILE
-    for tile_start in range(start, full_end, TILE):
-        if FLAT:
-            m, s, acc = _tile_flat(
-                m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-                d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride,
-                sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT,
-                HALF_DOT, PRECISION, False,
+    if PREFETCH:
+        # The next tile's loads are issued before this tile's arithmetic (registers double-buffer).
+        k_next, v_next = _gather(
+            table, start, full_end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
+            HEAD_PAD, X, True,
+        )  # fmt: skip
+        for tile_start in range(start, full_end, TILE):
+            k_raw, v_raw = k_next, v_next
+            k_next, v_next = _gather(
+                table, tile_start + TILE, full_end, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+                BLOCK_SIZE, TILE, HEAD_PAD, X, True,
             )  # fmt: skip
-        else:
-            m, s, acc = _tile(
-                m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-                k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
-                sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
-                USE_DOT, HALF_DOT, PRECISION, False,
+            m, s, acc = _update(
+                m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
+                sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
+                HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
+            )  # fmt: skip
+    else:
+        for tile_start in range(start, full_end, TILE):
+            k_raw, v_raw = _gather(
+                table, tile_start, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
+                HEAD_PAD, X, False,
+            )  # fmt: skip
+            m, s, acc = _update(
+                m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
+                sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
+                HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
             )  # fmt: skip
     if full_end < end:
-        if FLAT:
-            m, s, acc = _tile_flat(
-                m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-                d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride,
-                sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT,
-                HALF_DOT, PRECISION, True,
-            )  # fmt: skip
-        else:
-            m, s, acc = _tile(
-                m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block,
-                k_dim, k_dim_mask, v_dim, d_mask, ks, vs, scale, slopes, query_block, offset, sparse_local_blocks,
-                sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, HEAD_PAD, FP8, HAS_ALIBI, SPARSE,
-                USE_DOT, HALF_DOT, PRECISION, True,
-            )  # fmt: skip
+        k_raw, v_raw = _gather(
+            table, full_end, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
+            HEAD_PAD, X, True,
+        )  # fmt: skip
+        m, s, acc = _update(
+            m, s, acc, q, k_raw, v_raw, full_end, end, seq_len, ks, vs, scale, slopes, query_block, offset,
+            sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
+            HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, True,
+        )  # fmt: skip
 
     result = acc / (s + _SOFTMAX_EPS)[:, None]
     rows = (seq * num_heads + heads).to(tl.int64) * num_splits + split
@@ -493,7 +438,7 @@ def _config(
         "HALF_DOT": use_dot and dtype != torch.float32 and not interpreted,
         # fp32 values take tf32x3 (about fp32 accuracy).
         "PRECISION": "tf32x3",
-        "FLAT": _FLAT,
+        "PREFETCH": _PREFETCH,
         "num_warps": _NUM_WARPS,
         "num_stages": _NUM_STAGES,
     }
