@@ -449,17 +449,35 @@ def _attend(q, k, v, visible, m_i, l_i, acc, qk_scale, UPCAST: tl.constexpr, PRE
 
 
 @triton.jit
-def _is_sorted(row_ptr, stride, count, CHUNK: tl.constexpr):
-    """Whether the first ``count`` entries of a row are non-decreasing."""
+def _scan_offsets(row_ptr, stride, count, bound, CHUNK: tl.constexpr):
+    """Whether the first ``count`` entries of a row are non-decreasing, and how many are ``<= bound``."""
     lanes = tl.arange(0, CHUNK)
     drops = tl.full((), 0, tl.int32)
-    for k0 in range(1, count, CHUNK):
+    below = tl.full((), 0, tl.int32)
+    for k0 in range(0, count, CHUNK):
         idx = k0 + lanes
         ok = idx < count
         here = tl.load(row_ptr + idx * stride, mask=ok, other=0)
-        before = tl.load(row_ptr + (idx - 1) * stride, mask=ok, other=0)
+        before = tl.load(row_ptr + (idx - 1) * stride, mask=ok & (idx >= 1), other=-(2**31))
         drops += tl.sum((ok & (here < before)).to(tl.int32), 0)
-    return drops == 0
+        below += tl.sum((ok & (here <= bound)).to(tl.int32), 0)
+    return drops == 0, below
+
+
+@triton.jit
+def _block_tile(
+    it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
+    key_lanes, TILE_N: tl.constexpr, PIECES: tl.constexpr,
+):  # fmt: skip
+    """Keys, their in-block mask, the block start and the K/V tiles of step ``it`` of the block loop."""
+    e = it // PIECES
+    start = tl.load(bo_row + e * sbo_e).to(tl.int64)
+    keys = start + (it - e * PIECES) * TILE_N + key_lanes
+    in_block = (keys < start + block_size_N) & (keys >= 0) & (keys < kv_len)
+    mask = in_block[:, None] & dim_ok[None, :]
+    k_tile = tl.load(k_base + keys[:, None] * sk_t + dims[None, :] * sk_d, mask=mask, other=0.0)
+    v_tile = tl.load(v_base + keys[:, None] * sv_t + dims[None, :] * sv_d, mask=mask, other=0.0)
+    return keys, in_block, start, k_tile, v_tile
 
 
 @triton.jit
@@ -607,53 +625,46 @@ def _attention_kernel(
     ci_row = column_index_ptr + b * sci_b + h * sci_h + m64 * sci_m
 
     key_lanes = tl.arange(0, TILE_N)
-    blocks_sorted = _is_sorted(bo_row, sbo_e, num_blocks, TILE_C)
+    # Blocks that lie wholly left of the tile's causal edge need no causal mask; with a
+    # sorted list they are a prefix of it.
+    last_free = first_row.to(tl.int64) + (kv_len - q_len) - block_size_N + 1
+    blocks_sorted, num_free = _scan_offsets(bo_row, sbo_e, num_blocks, last_free, TILE_C)
+    if not CAUSAL:
+        num_free = num_blocks
     if blocks_sorted:
         # Keys below `covered` were in an earlier block.
         covered = tl.full((), -(2**40), tl.int64)
-        for it in range(0, num_blocks * PIECES):
-            e = it // PIECES
-            start = tl.load(bo_row + e * sbo_e).to(tl.int64)
-            keys = start + (it - e * PIECES) * TILE_N + key_lanes
-            in_block = (keys < start + block_size_N) & (keys >= 0) & (keys < kv_len)
-            k_tile = tl.load(
-                k_base + keys[:, None] * sk_t + dims[None, :] * sk_d,
-                mask=in_block[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            v_tile = tl.load(
-                v_base + keys[:, None] * sv_t + dims[None, :] * sv_d,
-                mask=in_block[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
+        for it in range(0, num_free * PIECES):
+            keys, in_block, start, k_tile, v_tile = _block_tile(
+                it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
+                key_lanes, TILE_N, PIECES,
+            )  # fmt: skip
+            visible = (in_block & (keys >= covered))[None, :]
+            m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
+            covered = tl.where((it + 1) % PIECES == 0, tl.maximum(covered, start + block_size_N), covered)
+        for it in range(num_free * PIECES, num_blocks * PIECES):
+            keys, in_block, start, k_tile, v_tile = _block_tile(
+                it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
+                key_lanes, TILE_N, PIECES,
+            )  # fmt: skip
             visible = (in_block & (keys >= covered))[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= diagonal[:, None])
             m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
-            covered = tl.where(it - e * PIECES == PIECES - 1, tl.maximum(covered, start + block_size_N), covered)
+            covered = tl.where((it + 1) % PIECES == 0, tl.maximum(covered, start + block_size_N), covered)
     else:
         for it in range(0, num_blocks * PIECES):
-            e = it // PIECES
-            start = tl.load(bo_row + e * sbo_e).to(tl.int64)
-            keys = start + (it - e * PIECES) * TILE_N + key_lanes
-            in_block = (keys < start + block_size_N) & (keys >= 0) & (keys < kv_len)
-            k_tile = tl.load(
-                k_base + keys[:, None] * sk_t + dims[None, :] * sk_d,
-                mask=in_block[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            v_tile = tl.load(
-                v_base + keys[:, None] * sv_t + dims[None, :] * sv_d,
-                mask=in_block[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            fresh = in_block & ~_in_blocks(keys, bo_row, sbo_e, 0, e, block_size_N, TILE_C)
+            keys, in_block, start, k_tile, v_tile = _block_tile(
+                it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
+                key_lanes, TILE_N, PIECES,
+            )  # fmt: skip
+            fresh = in_block & ~_in_blocks(keys, bo_row, sbo_e, 0, it // PIECES, block_size_N, TILE_C)
             visible = fresh[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= diagonal[:, None])
             m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
 
-    cols_sorted = _is_sorted(ci_row, sci_e, num_cols, TILE_C)
+    cols_sorted, _ = _scan_offsets(ci_row, sci_e, num_cols, 0, TILE_C)
     col_lanes = tl.arange(0, TILE_C)
     for c0 in range(0, num_cols, TILE_C):
         idx = c0 + col_lanes
