@@ -185,7 +185,7 @@ def test_row_length_equal_to_k_and_one_more(device, sizes):
     ],
     ids=["zeros", "neg_inf", "mostly_neg_inf", "signed_zeros", "three_values", "infinities", "near_ties"],
 )
-@pytest.mark.parametrize("k", [1, 9, 50])
+@pytest.mark.parametrize("k", [1, 50])
 def test_ties_give_distinct_indices(device, sizes, fill, k):
     g = torch.Generator().manual_seed(k)
     n = 200
