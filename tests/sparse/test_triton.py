@@ -239,6 +239,14 @@ def test_attention_matches_reference(device, batch, heads, kv_heads, q_len, kv_l
     assert_attention_matches(q, k, v, tables, dtype, **kwargs)
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.3])
+def test_attention_zero_and_negative_scale(device, scale):
+    q, k, v, tables = make_case(1, 2, 1, 40, 40, 32, torch.float32, 16, 16, True, seed=7)
+    tables = tuple(t.to(device) for t in tables)
+    assert_attention_matches(q.to(device), k.to(device), v.to(device), tables, torch.float32, scale=scale,
+                             block_size_M=16, block_size_N=16)  # fmt: skip
+
+
 def dense_masked(q, k, v, mask, scale):
     """fp32 softmax attention under a boolean mask (GQA by repeating KV heads); empty rows give zeros, -inf."""
     group = q.shape[1] // k.shape[1]
