@@ -374,7 +374,8 @@ def _chunk_kernel(
 
     Writes ``cand_keys``/``cand_cols`` (int32 ``[num_rows, CANDIDATES]``) at the chunk's slots
     ``[c * per_chunk, c * per_chunk + written)``, ``per_chunk = CANDIDATES // num_chunks``, and
-    ``chunk_info[r, c] = (written, largest key left out or _KEY_MIN)`` (int32 ``[num_rows, G, 2]``).
+    ``chunk_info[r, c] = (written, bound)`` (int32 ``[num_rows, G, 2]``): no key left out is above
+    ``bound`` (``_KEY_MIN`` when none is left out).
     """
     row = tl.program_id(0)
     chunk = tl.program_id(1)
