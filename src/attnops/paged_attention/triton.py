@@ -1,21 +1,22 @@
-"""Triton kernel of paged decode attention (``paged_attention_v1``/``v2``, ``paged_decode``).
+"""Triton kernels of paged decode attention (``paged_attention_v1``/``v2``, ``paged_decode``).
 
-One launch of :func:`_partition_kernel` does a whole decode, reading vLLM's cache layouts in place.
-One program per (kv head, sequence, split of ``SPLIT`` tokens) serves every query head of its GQA
-group at once (a ``[GROUP_PAD, HEAD_PAD]`` query tile), so each K/V byte is read once, and walks
-its split in tiles of ``TILE`` tokens gathered through the block table, with an online softmax in
-fp32. GQA groups multiply on tensor cores (``tl.dot``, the group padded to 16 rows; half precision
-on the GPU); one head per kv head uses broadcast products. Each program writes its split's
-``(max logit, exp sum, output / (exp sum + 1e-6))`` (vLLM's v2 partition statistics when the split
-is a partition); the last program of a (sequence, kv head) to finish, found with an atomic ticket,
-then applies vLLM's v2 reduction to the group's splits (a one-split sequence copies its split
-output) and writes the log-sum-exp. Programs past their sequence's end exit at once.
+Both kernels read vLLM's cache layouts in place:
 
-The split is device-aware (:func:`_auto_split`): ``PARTITION_SIZE`` tokens, or fewer where a few
-sequences would leave SMs idle; v2 then computes each partition as sub-splits whose statistics the
-reduction folds into the partition's. When the block table holds a single split, the programs
-write the result directly. Grid sizes come from tensor shapes only (no host synchronisation), so
-the calls can be captured in CUDA graphs.
+1. :func:`_partition_kernel`, one program per (sequence, kv head, split of ``SPLIT`` tokens). It
+   serves every query head of its GQA group at once (a ``[GROUP_PAD, HEAD_PAD]`` query tile), so
+   each K/V byte is read once per kv head, and walks its split in tiles of ``TILE`` tokens
+   (gathered through the block table) with an online softmax in fp32. GQA groups multiply on
+   tensor cores (``tl.dot``, the group padded to 16 rows); one head per kv head uses broadcast
+   products. It writes the split's ``(max logit, exp sum, output / (exp sum + 1e-6))``: vLLM's v2
+   partition statistics, whose partition is the split (``SPLIT = PARTITION_SIZE``). Programs past
+   their sequence's end exit without writing.
+2. :func:`_reduce_kernel`, one program per (sequence, query head): vLLM's v2 reduction of the
+   splits (a one-split sequence copies its split output) and the log-sum-exp.
+
+v1 and ``paged_decode`` use the same splits (``split`` tokens, a parameter); when the block table
+holds a single split, the partition kernel writes the result itself and the reduction is skipped.
+Grid sizes come from tensor shapes only (no host synchronisation), so the calls can be captured
+in CUDA graphs.
 """
 
 from __future__ import annotations
@@ -175,64 +176,6 @@ def _update(
 
 
 @triton.jit
-def _reduce_row(
-    out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq, head, count, num_seqs, num_heads,
-    num_splits, num_partitions, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, REDUCE_TILE: tl.constexpr,
-    WRITE_LSE: tl.constexpr, WRITE_PARTITIONS: tl.constexpr,
-):  # fmt: skip
-    """vLLM's v2 reduction of one (sequence, head)'s first ``count`` splits into ``out`` (and ``lse``).
-
-    With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``REDUCE_TILE`` of them
-    per partition: each step also folds its tile into that partition's statistics (max logit, exp
-    sum, output / (exp sum + 1e-6)), as the partition kernel writes them when a split is a partition.
-    The split statistics come from other programs: loads bypass L1 (``.cg``).
-    """
-    row = (seq * num_heads + head).to(tl.int64)
-    base = row * num_splits
-    p = tl.arange(0, REDUCE_TILE)
-    d = tl.arange(0, HEAD_PAD)
-    d_mask = d < HEAD_SIZE
-
-    peak = tl.full([REDUCE_TILE], -_FLT_MAX, tl.float32)
-    for first in range(0, count, REDUCE_TILE):
-        part = first + p
-        m = tl.load(max_logits + base + part, mask=part < count, other=-_FLT_MAX, cache_modifier=".cg")
-        peak = tl.maximum(peak, m)
-    global_max = tl.max(peak, axis=0)
-
-    total = tl.zeros([REDUCE_TILE], tl.float32)
-    acc = tl.zeros([HEAD_PAD], tl.float32)
-    for first in range(0, count, REDUCE_TILE):
-        part = first + p
-        used = part < count
-        m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX, cache_modifier=".cg")
-        s = tl.load(exp_sums + base + part, mask=used, other=0.0, cache_modifier=".cg")
-        weight = s * tl.exp(m - global_max)
-        total += weight
-        o_ptrs = split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :]
-        o = tl.load(o_ptrs, mask=used[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg")
-        acc += tl.sum(weight[:, None] * o, axis=0)
-        if WRITE_PARTITIONS:
-            # A split's output is its acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
-            tile_max = tl.max(m, axis=0)
-            rescale = tl.exp(m - tile_max)
-            tile_sum = tl.sum(s * rescale, axis=0)
-            tile_out = tl.sum(((s + _SOFTMAX_EPS) * rescale)[:, None] * o, axis=0) / (tile_sum + _SOFTMAX_EPS)
-            slot = row * num_partitions + first // REDUCE_TILE
-            tl.store(part_max + slot, tile_max)
-            tl.store(part_sum + slot, tile_sum)
-            tl.store(part_out + slot * HEAD_SIZE + d, tile_out.to(part_out.dtype.element_ty), mask=d_mask)
-    total_sum = tl.sum(total, axis=0)
-    merged = acc / (total_sum + _SOFTMAX_EPS)
-    # A one-split sequence takes its split's output as is.
-    single = tl.load(split_out + base * HEAD_SIZE + d, mask=d_mask, other=0.0, cache_modifier=".cg")
-    result = tl.where(count <= 1, single, merged)
-    tl.store(out + row * HEAD_SIZE + d, result.to(out.dtype.element_ty), mask=d_mask)
-    if WRITE_LSE:
-        tl.store(lse + head * num_seqs + seq, global_max + tl.log(total_sum))
-
-
-@triton.jit
 def _partition_kernel(
     query,  # [num_seqs, num_heads, HEAD_SIZE], heads and head dim contiguous
     key_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE // X, BLOCK_SIZE, X]
@@ -247,11 +190,7 @@ def _partition_kernel(
     split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE]
     tmp_out,  # query dtype, as split_out (written only with WRITE_TMP)
     out,  # [num_seqs, num_heads, HEAD_SIZE], contiguous (written only with DIRECT)
-    lse,  # fp32 [num_heads, num_seqs] (written only with WRITE_LSE)
-    part_max,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
-    part_sum,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
-    part_out,  # [num_seqs, num_heads, num_partitions, HEAD_SIZE] (written only with WRITE_PARTITIONS)
-    counters,  # int32 [>= num_seqs * num_kv_heads], zero between launches (read only without DIRECT)
+    lse,  # fp32 [num_heads, num_seqs] (written only with DIRECT and WRITE_LSE)
     scale,
     query_stride,
     table_stride,
@@ -262,7 +201,6 @@ def _partition_kernel(
     num_heads,
     num_kv_heads,
     num_splits,
-    num_partitions,
     sparse_local_blocks,
     sparse_vert_stride,
     sparse_block_size,
@@ -286,14 +224,8 @@ def _partition_kernel(
     HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     PREFETCH: tl.constexpr,
-    REDUCE_TILE: tl.constexpr,
-    WRITE_PARTITIONS: tl.constexpr,
 ):
-    """The softmax statistics and normalised output of one split for one GQA group of heads.
-
-    Without ``DIRECT``, the last program of a (sequence, kv head) to finish (an atomic ticket
-    counts them) also reduces the group's splits, so one launch does the whole decode.
-    """
+    """The softmax statistics and normalised output of one split for one GQA group of heads."""
     # The kv heads of one (sequence, split) run side by side: they read neighbouring 4 KiB runs of
     # the same cache blocks.
     kv_head = tl.program_id(0)
@@ -301,24 +233,17 @@ def _partition_kernel(
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + seq)
     start = split * SPLIT
+    # With one split, empty sequences still write their zero rows (and -inf lse).
+    if not DIRECT:  # noqa: SIM102 - a constexpr test, kept apart from the runtime one
+        if start >= seq_len:
+            return
+    end = tl.minimum(start + SPLIT, seq_len)
+
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_PAD)
     g_mask = g < HEADS_PER_KV
     d_mask = d < HEAD_SIZE
     heads = kv_head * HEADS_PER_KV + g
-    num_seqs = tl.num_programs(1)
-    # With one split, empty sequences write their zero rows (and -inf lse) through the usual path.
-    if not DIRECT:  # noqa: SIM102 - a constexpr test, kept apart from the runtime one
-        if start >= seq_len:
-            if split == 0:
-                # An empty sequence: no split arrives to reduce.
-                zero_rows = (seq * num_heads + heads).to(tl.int64)[:, None] * HEAD_SIZE + d[None, :]
-                zeros = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32).to(out.dtype.element_ty)
-                tl.store(out + zero_rows, zeros, mask=g_mask[:, None] & d_mask[None, :])
-                if WRITE_LSE:
-                    tl.store(lse + heads * num_seqs + seq, float("-inf"), mask=g_mask)
-            return
-    end = tl.minimum(start + SPLIT, seq_len)
     q_ptrs = query + seq.to(tl.int64) * query_stride + heads[:, None] * HEAD_SIZE + d[None, :]
     q = tl.load(q_ptrs, mask=g_mask[:, None] & d_mask[None, :], other=0.0)
     slopes = 0.0
@@ -401,30 +326,93 @@ def _partition_kernel(
         tl.store(out + out_offsets, result.to(out.dtype.element_ty), mask=out_mask)
         if WRITE_LSE:
             # log(0) = -inf for an empty sequence.
-            tl.store(lse + heads * num_seqs + seq, m + tl.log(s), mask=g_mask)
+            tl.store(lse + heads * tl.num_programs(1) + seq, m + tl.log(s), mask=g_mask)
     else:
         tl.store(max_logits + rows, m, mask=g_mask)
         tl.store(exp_sums + rows, s, mask=g_mask)
         tl.store(split_out + out_offsets, result, mask=out_mask)
         if WRITE_TMP:
             tl.store(tmp_out + out_offsets, result.to(tmp_out.dtype.element_ty), mask=out_mask)
-        # Every thread's stores precede the ticket, whose release publishes them to the last program.
-        tl.debug_barrier()
-        used = tl.cdiv(seq_len, SPLIT)
-        ticket = tl.atomic_add(counters + seq * num_kv_heads + kv_head, 1, sem="acq_rel", scope="gpu")
-        if ticket == used - 1:
-            tl.debug_barrier()
-            for h in range(kv_head * HEADS_PER_KV, kv_head * HEADS_PER_KV + HEADS_PER_KV):
-                _reduce_row(
-                    out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq, h, used,
-                    num_seqs, num_heads, num_splits, num_partitions, HEAD_SIZE, HEAD_PAD, REDUCE_TILE, WRITE_LSE,
-                    WRITE_PARTITIONS,
-                )  # fmt: skip
-            # Back to zero for the next launch (every split of this group has taken its ticket).
-            tl.store(counters + seq * num_kv_heads + kv_head, 0)
+
+
+@triton.jit
+def _reduce_kernel(
+    out,  # [num_seqs, num_heads, HEAD_SIZE], contiguous
+    lse,  # fp32 [num_heads, num_seqs] (written only with WRITE_LSE)
+    max_logits,  # fp32 [num_seqs, num_heads, num_splits]
+    exp_sums,  # fp32 [num_seqs, num_heads, num_splits]
+    split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE]
+    part_max,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
+    part_sum,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
+    part_out,  # [num_seqs, num_heads, num_partitions, HEAD_SIZE] (written only with WRITE_PARTITIONS)
+    seq_lens,  # int32 [num_seqs]
+    num_seqs,
+    num_heads,
+    num_splits,
+    num_partitions,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    SPLIT: tl.constexpr,
+    REDUCE_TILE: tl.constexpr,
+    WRITE_LSE: tl.constexpr,
+    WRITE_PARTITIONS: tl.constexpr,
+):
+    """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses.
+
+    With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``REDUCE_TILE`` of them
+    per partition: each step also folds its tile into that partition's statistics (max logit, exp
+    sum, output / (exp sum + 1e-6)), as the partition kernel writes them when a split is a partition.
+    """
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    count = tl.cdiv(tl.load(seq_lens + seq), SPLIT)
+    row = (seq * num_heads + head).to(tl.int64)
+    base = row * num_splits
+    p = tl.arange(0, REDUCE_TILE)
+    d = tl.arange(0, HEAD_PAD)
+    d_mask = d < HEAD_SIZE
+
+    peak = tl.full([REDUCE_TILE], -_FLT_MAX, tl.float32)
+    for first in range(0, count, REDUCE_TILE):
+        part = first + p
+        peak = tl.maximum(peak, tl.load(max_logits + base + part, mask=part < count, other=-_FLT_MAX))
+    global_max = tl.max(peak, axis=0)
+
+    total = tl.zeros([REDUCE_TILE], tl.float32)
+    acc = tl.zeros([HEAD_PAD], tl.float32)
+    for first in range(0, count, REDUCE_TILE):
+        part = first + p
+        used = part < count
+        m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX)
+        s = tl.load(exp_sums + base + part, mask=used, other=0.0)
+        weight = s * tl.exp(m - global_max)
+        total += weight
+        o_ptrs = split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :]
+        o = tl.load(o_ptrs, mask=used[:, None] & d_mask[None, :], other=0.0)
+        acc += tl.sum(weight[:, None] * o, axis=0)
+        if WRITE_PARTITIONS:
+            # A split's output is its acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
+            tile_max = tl.max(m, axis=0)
+            rescale = tl.exp(m - tile_max)
+            tile_sum = tl.sum(s * rescale, axis=0)
+            tile_out = tl.sum(((s + _SOFTMAX_EPS) * rescale)[:, None] * o, axis=0) / (tile_sum + _SOFTMAX_EPS)
+            slot = row * num_partitions + first // REDUCE_TILE
+            tl.store(part_max + slot, tile_max)
+            tl.store(part_sum + slot, tile_sum)
+            tl.store(part_out + slot * HEAD_SIZE + d, tile_out.to(part_out.dtype.element_ty), mask=d_mask)
+    total_sum = tl.sum(total, axis=0)
+    merged = acc / (total_sum + _SOFTMAX_EPS)
+    # A one-split sequence takes its split's output as is (zeros for an empty sequence).
+    single = tl.load(split_out + base * HEAD_SIZE + d, mask=d < HEAD_SIZE * tl.minimum(count, 1), other=0.0)
+    result = tl.where(count <= 1, single, merged)
+    tl.store(out + row * HEAD_SIZE + d, result.to(out.dtype.element_ty), mask=d_mask)
+    if WRITE_LSE:
+        # log(0) = -inf for an empty sequence.
+        tl.store(lse + head * num_seqs + seq, global_max + tl.log(total_sum))
 
 
 _partition_launcher = Launcher(_partition_kernel)
+_reduce_launcher = Launcher(_reduce_kernel)
 
 
 @functools.cache
@@ -495,15 +483,10 @@ def _partition(
     sparse: BlockSparse | None,
     split: int,
     num_splits: int,
-    partitions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Launches :func:`_partition_kernel` over (kv head, sequence, split).
-
-    With ``stats`` (max logits, exp sums, fp32 outputs of every split) the splits are reduced in the
-    same launch into ``out`` (and ``lse``), and, given ``partitions`` (v2's max logits, exp sums and
-    tmp_out), the splits are sub-splits of ``PARTITION_SIZE``-token partitions whose statistics are
-    written too. Without ``stats`` (one split) the programs write ``out`` (and ``lse``) directly.
-    """
+    """Launches :func:`_partition_kernel` over (kv head, sequence, split): into ``stats`` (max
+    logits, exp sums, fp32 outputs), or straight into ``out`` (and ``lse``) when ``stats`` is
+    ``None`` (one split)."""
     num_seqs, num_heads, head_size = query.shape
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[3]
     pattern = sparse or _DENSE
@@ -511,53 +494,30 @@ def _partition(
     direct = stats is None
     # Pointers a launch never reads are passed as None (no launcher checks, no specialisation).
     max_logits, exp_sums, split_out = stats or (None, None, None)
-    part_max, part_sum, part_out = partitions or (None, None, None)
-    counters = None if direct else _counters(query.device, num_seqs * num_kv_heads)
     pointers = (
         query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale if fp8 else None,
-        v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out, lse, part_max, part_sum, part_out,
-        counters,
+        v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out if direct else None,
+        lse if direct else None,
     )  # fmt: skip
     ints = (
         query.stride(0), block_tables.stride(0), key_cache.stride(0), key_cache.stride(1), value_cache.stride(0),
-        value_cache.stride(1), num_heads, num_kv_heads, num_splits, 0 if part_max is None else part_max.shape[-1],
-        pattern.local_blocks, pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
+        value_cache.stride(1), num_heads, num_kv_heads, num_splits, pattern.local_blocks, pattern.vert_stride,
+        pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
     )  # fmt: skip
     shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
-    reduce_tile = _REDUCE_TILE if partitions is None else PARTITION_SIZE // split
-    flags = (key_cache.shape[4], split, fp8, sparse is not None, reduce_tile)
+    flags = (key_cache.shape[4], split, fp8, sparse is not None)
 
     def constexprs() -> dict[str, object]:
         return dict(
             BLOCK_SIZE=block_size, X=key_cache.shape[4], SPLIT=split, FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
             SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct, WRITE_LSE=lse is not None,
-            **_config(*shape), REDUCE_TILE=reduce_tile, WRITE_PARTITIONS=partitions is not None,
+            **_config(*shape),
         )  # fmt: skip
 
     _partition_launcher.launch(
         _launch_key(shape, flags, ints, pointers), (num_kv_heads, num_seqs, num_splits),
         (*pointers, scale, *ints), constexprs, query.device,
     )  # fmt: skip
-
-
-# Per (device, stream): the zeroed ticket counters of the fused reduction. A launch leaves them
-# zero; outgrown buffers stay alive, as CUDA graphs captured with them may still be replayed.
-_COUNTERS: dict[tuple, torch.Tensor] = {}
-_RETIRED_COUNTERS: list[torch.Tensor] = []
-_MIN_COUNTERS = 1 << 16
-
-
-def _counters(device: torch.device, count: int) -> torch.Tensor:
-    """At least ``count`` zeroed int32 counters owned by the current stream of ``device``."""
-    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
-    key = (device.type, device.index, stream)
-    buffer = _COUNTERS.get(key)
-    if buffer is None or buffer.numel() < count:
-        if buffer is not None:
-            _RETIRED_COUNTERS.append(buffer)
-        buffer = torch.zeros(max(count, _MIN_COUNTERS), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buffer
-    return buffer
 
 
 def _launch_key(shape: tuple, flags: tuple, ints: tuple, pointers: tuple) -> tuple | None:
@@ -573,6 +533,37 @@ def _scratch(num_seqs: int, num_heads: int, num_splits: int, head_size: int, dev
     buffer = torch.empty(rows * (head_size + 2), dtype=torch.float32, device=device)
     max_logits, exp_sums, split_out = buffer.split([rows, rows, rows * head_size])
     return max_logits, exp_sums, split_out.view(num_seqs, num_heads, num_splits, head_size)
+
+
+def _reduce(
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    seq_lens: torch.Tensor,
+    split: int,
+    partitions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """Launches :func:`_reduce_kernel` over the splits in ``stats``; with ``partitions`` (v2's
+    max logits, exp sums and tmp_out) the splits are sub-splits of ``PARTITION_SIZE``-token
+    partitions, whose statistics it also writes."""
+    max_logits, exp_sums, split_out = stats
+    num_seqs, num_heads, num_splits, head_size = split_out.shape
+    part_max, part_sum, part_out = partitions or (None, None, None)
+    num_partitions = 0 if part_max is None else part_max.shape[-1]
+    pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
+    ints = (num_seqs, num_heads, num_splits, num_partitions)
+    reduce_tile = _REDUCE_TILE if partitions is None else PARTITION_SIZE // split
+    shape = (head_size, split, reduce_tile, triton_interpreted())
+
+    def constexprs() -> dict[str, object]:
+        return dict(
+            HEAD_SIZE=head_size, HEAD_PAD=triton.next_power_of_2(head_size), SPLIT=split, REDUCE_TILE=reduce_tile,
+            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
+        )  # fmt: skip
+
+    _reduce_launcher.launch(
+        _launch_key(shape, (), ints, pointers), (num_seqs, num_heads), (*pointers, *ints), constexprs, out.device
+    )
 
 
 def _attention(
@@ -605,6 +596,7 @@ def _attention(
         return
     stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
     _partition(out, lse, stats, None, *args, num_splits=num_splits)
+    _reduce(out, lse, stats, seq_lens, split)
 
 
 @_v1_dispatcher.register("triton")
@@ -672,8 +664,8 @@ def paged_attention_v2(
     _partition(
         out, None, stats, tmp_out if direct else None, query, key_cache, value_cache, block_tables, seq_lens,
         scale, alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse, split, num_splits,
-        None if direct else (max_logits, exp_sums, tmp_out),
     )  # fmt: skip
+    _reduce(out, None, stats, seq_lens, split, None if direct else (max_logits, exp_sums, tmp_out))
 
 
 @_decode_dispatcher.register("triton")
