@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import attnops.topk as topk
 from attnops.topk import reference
-from attnops.topk import triton as kernels
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
+
+kernels = pytest.importorskip("attnops.topk.triton")
 
 pytestmark = pytest.mark.triton
 
@@ -79,7 +80,8 @@ def row_values(logits, stride0, stride1, row, start, length):
 
 def check(out, before, logits, stride0, stride1, starts, lengths, k):
     """``out[:rows, :k]`` holds an exact top-k of each row; every other entry of ``out`` is untouched."""
-    out, before, logits = out.cpu(), before.cpu(), logits.cpu()
+    # The logits stay where they are: a view's copy would not keep the storage the strides address.
+    out, before = out.cpu(), before.cpu()
     num_rows = len(lengths)
     for r in range(num_rows):
         got, n = out[r, :k], lengths[r]
@@ -91,7 +93,7 @@ def check(out, before, logits, stride0, stride1, starts, lengths, k):
         assert int(got.min()) >= 0 and int(got.max()) < n, f"row {r}: index out of range"
         keys = order_keys(row_values(logits, stride0, stride1, r, starts[r], n))
         want = keys.topk(k).values.sort().values
-        assert torch.equal(keys[got.long()].sort().values, want), f"row {r}: not the top {k}"
+        assert torch.equal(keys[got.long().to(keys.device)].sort().values, want), f"row {r}: not the top {k}"
     untouched = torch.ones_like(out, dtype=torch.bool)
     untouched[:num_rows, :k] = False
     assert torch.equal(out[untouched], before[untouched])
@@ -317,11 +319,8 @@ def test_hypothesis_against_exact_selection(data):
         run_prefill(logits.to(device), starts, ends, k)
 
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
 def check_large(out, logits, starts, lengths, k):
-    """Vectorised check of long rows (each longer than k): distinct in-range indices holding the top-k values."""
+    """On the device: each row (longer than k) holds k distinct in-range indices of its top-k values."""
     for r in range(out.shape[0]):
         got = out[r, :k].long()
         n = lengths[r]
@@ -331,13 +330,14 @@ def check_large(out, logits, starts, lengths, k):
 
 
 @pytest.mark.gpu
-@gpu
+@requires_cuda
 @pytest.mark.parametrize("length", [8192, 32768, 131072])
 def test_full_size_decode_on_gpu(device, length):
     k, num_rows = 2048, 4
     logits = torch.randn(num_rows, length, device=device)
     logits[1, : length // 2] = 0.0  # ties across the threshold
     logits[2] = torch.arange(length, device=device).float()  # top values in the last chunk
+    logits[3, torch.rand(length, device=device) < 0.97] = -INF  # fewer finite values than k or about k
     out = torch.full((num_rows, k), SENTINEL, dtype=torch.int32, device=device)
     lens = torch.full((num_rows,), length, dtype=torch.int32, device=device)
     topk.top_k_per_row_decode(logits, 1, lens, out, num_rows, length, 1, k, backend="triton")
@@ -345,7 +345,7 @@ def test_full_size_decode_on_gpu(device, length):
 
 
 @pytest.mark.gpu
-@gpu
+@requires_cuda
 @pytest.mark.parametrize("width", [8192, 32768])
 def test_full_size_causal_prefill_on_gpu(device, width):
     k, num_rows = 2048, 4096
@@ -364,7 +364,20 @@ def test_full_size_causal_prefill_on_gpu(device, width):
 
 
 @pytest.mark.gpu
-@gpu
+@requires_cuda
+@pytest.mark.parametrize("k", [1, 300, 2048])
+def test_strided_ragged_and_per_row_lengths_on_gpu(device, k):
+    # The compiled variants the other GPU tests do not reach: stride1 != 1, nonzero starts,
+    # next_n = 2 with one length per request, and one length per row.
+    storage = torch.randn(3 * 70000 + 8, device=device)
+    logits = storage[1:].as_strided((4, 70000), (1, 3))  # stride1 = 3, rows one element apart
+    run_prefill(logits, [0, 5, 40000, 100], [70000, 69000, 50000, 101 + k], k)
+    run_decode(logits, 2, [70000, 30000], 4, k)
+    run_decode(logits, 1, [[69999, 12], [2 * k, 50000]], 4, k)
+
+
+@pytest.mark.gpu
+@requires_cuda
 def test_cuda_graph_capture_and_replay(device):
     k, length = 2048, 32768
     logits = torch.randn(8, length, device=device)
