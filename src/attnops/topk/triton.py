@@ -45,8 +45,9 @@ _CHUNK = 8192
 # Candidate slots per long row, shared out evenly among its chunks; also the finish kernel's
 # register tile for the candidates. The scratch is num_rows * _CANDIDATES * 8 bytes.
 _CANDIDATES = 4096
-# Keys per step wherever a row or its candidates are streamed from memory: when writing the
-# selected indices, in the fallback's search, and for the 0..n-1, -1 rows.
+# Keys per step wherever keys are read again in tiles: writing the results and the candidates,
+# the repair and fallback searches, the 0..n-1, -1 rows. (2048 takes the finish kernel from
+# about 64 to about 100 registers a thread on sm_90.)
 _TILE = 1024
 # A chunk keeps at least share + _SLACK_SIGMAS * sqrt(share) + _SLACK_MIN keys, where
 # share = k * chunk length / row length: its expected part of the top k for data in random order.
@@ -54,6 +55,8 @@ _SLACK_SIGMAS = 6.0
 _SLACK_MIN = 16
 # ... and at least this fraction of its slots.
 _MIN_FILL = 0.75
+# 8 warps hold an 8192-key register tile as 32 keys a thread: about 56 (chunk) and 64 (finish)
+# registers a thread on sm_90, so 4 programs fit on an SM and hide each other's reductions.
 _CHUNK_WARPS = 8
 _FINISH_WARPS = 8
 # CUDA's limit on the second grid dimension.
