@@ -2,7 +2,7 @@
 
 Both kernels read vLLM's cache layouts in place:
 
-1. :func:`_partition_kernel`, one program per (sequence, kv head, split of ``SPLIT`` tokens). It
+1. :func:`_partition_kernel`, one program per (kv head, sequence, split of ``SPLIT`` tokens). It
    serves every query head of its GQA group at once (a ``[GROUP_PAD, HEAD_PAD]`` query tile), so
    each K/V byte is read once per kv head, and walks its split in tiles of ``TILE`` tokens
    (gathered through the block table) with an online softmax in fp32. GQA groups multiply on
@@ -13,8 +13,10 @@ Both kernels read vLLM's cache layouts in place:
 2. :func:`_reduce_kernel`, one program per (sequence, query head): vLLM's v2 reduction of the
    splits (a one-split sequence copies its split output) and the log-sum-exp.
 
-v1 and ``paged_decode`` use the same splits (``split`` tokens, a parameter); when the block table
-holds a single split, the partition kernel writes the result itself and the reduction is skipped.
+The split is device-aware (:func:`_auto_split`): ``PARTITION_SIZE`` tokens, or fewer where a few
+sequences would leave SMs idle; v2 then computes each partition as sub-splits whose statistics the
+reduction folds into the partition's. When the block table holds a single split, the partition
+kernel writes the result itself and the reduction is skipped.
 Grid sizes come from tensor shapes only (no host synchronisation), so the calls can be captured
 in CUDA graphs.
 """
@@ -38,8 +40,6 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 _TILE_TOKENS = 64
 _NUM_WARPS = 4
 _NUM_STAGES = 2
-# Issue the next tile's loads from registers before this tile's arithmetic (else Triton pipelines).
-_PREFETCH = False
 # Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
 _PROGRAMS_PER_SM = 4
 _MIN_SPLIT = 64
@@ -223,7 +223,6 @@ def _partition_kernel(
     USE_DOT: tl.constexpr,
     HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     """The softmax statistics and normalised output of one split for one GQA group of heads."""
     # The kv heads of one (sequence, split) run side by side: they read neighbouring 4 KiB runs of
@@ -278,34 +277,16 @@ def _partition_kernel(
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
     # Full tiles load without per-slot masks; the last, partial tile of the split is masked.
     full_end = start + (end - start) // TILE * TILE
-    if PREFETCH:
-        # The next tile's loads are issued before this tile's arithmetic (registers double-buffer).
-        k_next, v_next = _gather(
-            table, start, full_end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
-            HEAD_PAD, X, True,
+    for tile_start in range(start, full_end, TILE):
+        k_raw, v_raw = _gather(
+            table, tile_start, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
+            HEAD_PAD, X, False,
         )  # fmt: skip
-        for tile_start in range(start, full_end, TILE):
-            k_raw, v_raw = k_next, v_next
-            k_next, v_next = _gather(
-                table, tile_start + TILE, full_end, k_base, v_base, k_stride_block, v_stride_block, d_mask,
-                BLOCK_SIZE, TILE, HEAD_PAD, X, True,
-            )  # fmt: skip
-            m, s, acc = _update(
-                m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
-                sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
-                HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
-            )  # fmt: skip
-    else:
-        for tile_start in range(start, full_end, TILE):
-            k_raw, v_raw = _gather(
-                table, tile_start, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
-                HEAD_PAD, X, False,
-            )  # fmt: skip
-            m, s, acc = _update(
-                m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
-                sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
-                HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
-            )  # fmt: skip
+        m, s, acc = _update(
+            m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
+            sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
+            HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
+        )  # fmt: skip
     if full_end < end:
         k_raw, v_raw = _gather(
             table, full_end, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
@@ -438,7 +419,6 @@ def _config(
         "HALF_DOT": use_dot and dtype != torch.float32 and not interpreted,
         # fp32 values take tf32x3 (about fp32 accuracy).
         "PRECISION": "tf32x3",
-        "PREFETCH": _PREFETCH,
         "num_warps": _NUM_WARPS,
         "num_stages": _NUM_STAGES,
     }
