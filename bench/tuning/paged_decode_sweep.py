@@ -21,11 +21,11 @@ from attnops.paged_attention import triton as kernels
 SWEEP_SHAPES = [(1, 16384), (32, 4096), (128, 4096)]
 GRID = [(s, c) for s in (1, 8, 32, 128) for c in (1024, 4096, 16384)]
 SPACE = {
-    "_TILE_TOKENS": (64,),
+    "_TILE_TOKENS": (32, 64, 128),
     "_NUM_WARPS": (4, 8),
-    "_NUM_STAGES": (1, 2),
-    "_PROGRAMS_PER_SM": (4,),
-    "_MAX_SPLIT": (512,),
+    "_NUM_STAGES": (1, 2, 3),
+    "_PROGRAMS_PER_SM": (2, 4, 8),
+    "_MAX_SPLIT": (512, 2048),
 }
 QUICK_SPACE = {"_TILE_TOKENS": (64,), "_NUM_WARPS": (4,), "_NUM_STAGES": (2,),
                "_PROGRAMS_PER_SM": (4,), "_MAX_SPLIT": (512,)}  # fmt: skip
