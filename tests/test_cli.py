@@ -68,6 +68,20 @@ def test_check_reports_a_crashing_op(monkeypatch, capsys):
     assert "kernel exploded" in capsys.readouterr().out
 
 
+def test_bench_times_only_the_backends_asked_for(tmp_path, monkeypatch):
+    from attnops.bench import runner
+
+    timed = []
+    monkeypatch.setattr(runner, "runnable_backends", lambda family, op, device: ["torch", "triton"])
+    monkeypatch.setattr(runner, "_row", lambda op, kernel, backend, *rest: timed.append(backend) or {})
+    monkeypatch.setattr(runner, "time_fn", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runner, "_baseline", lambda *args: None)
+    config = runner.BenchConfig(ops=("merge",), device=torch.device("cpu"), quick=True, backends=("triton",))
+    shape = runner.grid("merge", quick=True)[0]
+    runner._bench_one("merge", shape, config, probe=None)
+    assert timed == ["triton"]
+
+
 def test_bench_writes_json_and_png(tmp_path, capsys):
     argv = ["bench", "--device", "cpu", "--quick", "--ops", "merge", "--out", str(tmp_path)]
     assert main([*argv, "--budget-ms", "1", "--probe-mib", "4"]) == 0
@@ -80,7 +94,7 @@ def test_bench_writes_json_and_png(tmp_path, capsys):
     assert tuple(payload) == PAYLOAD_KEYS
     assert payload["device"]["type"] == "cpu" and payload["device"]["name"]
     assert payload["versions"]["torch"] == torch.__version__
-    assert payload["ops"] == ["merge"] and payload["quick"] is True
+    assert payload["ops"] == ["merge"] and payload["quick"] is True and payload["backends"] is None
     assert payload["peak_bandwidth"]["gbps"] > 0
     assert payload["peak_bandwidth"]["bytes_per_copy"] == 2 * 4 * 2**20
     assert payload["command"].startswith("attnops bench")

@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="a CPU-sized subset of the grid")
     bench.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("torch", "triton"),
+        default=None,
+        metavar="BACKEND",
+        help="attnops backends to time (default: every one that runs on the device); the baselines always run",
+    )
+    bench.add_argument(
         "--out", type=Path, default=Path("bench/results"), help="folder for the JSON and PNG (default: bench/results)"
     )
     bench.add_argument(
@@ -101,6 +109,7 @@ def _bench(args: argparse.Namespace, argv: Sequence[str], console: Console) -> i
         ops=tuple(dict.fromkeys(args.ops)),
         device=device,
         quick=args.quick,
+        backends=tuple(args.backends) if args.backends else None,
         budget_ms=args.budget_ms,
         out_dir=args.out,
         probe_bytes=args.probe_mib * 2**20 if args.probe_mib else None,

@@ -41,6 +41,7 @@ PAYLOAD_KEYS = (
     "git_commit",
     "cpu_allocator",
     "quick",
+    "backends",
     "budget_ms",
     "ops",
     "peak_bandwidth",

@@ -29,6 +29,7 @@ class BenchConfig:
     ops: tuple[str, ...]
     device: torch.device
     quick: bool = False
+    backends: tuple[str, ...] | None = None
     budget_ms: float | None = None
     out_dir: Path = Path("bench/results")
     probe_bytes: int | None = None
@@ -82,6 +83,8 @@ def _bench_one(op: str, shape: Shape, config: BenchConfig, probe: BandwidthProbe
     rows = []
     for kernel in case.kernels:
         for backend in runnable_backends(kernel.family, kernel.name, config.device):
+            if config.backends is not None and backend not in config.backends:
+                continue
             timing = time_fn(kernel.make(backend), config.device, budget_ms=budget)
             rows.append(_row(op, kernel.name, backend, shape, timing, probe, baseline))
     del case
@@ -144,6 +147,7 @@ def _payload(
         "git_commit": git_commit(),
         "cpu_allocator": allocator,
         "quick": config.quick,
+        "backends": None if config.backends is None else list(config.backends),
         "budget_ms": config.per_call_budget_ms,
         "ops": list(config.ops),
         "peak_bandwidth": {"gbps": probe.gbps, "bytes_per_copy": probe.bytes_moved, "median_us": probe.median_us},
