@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from attnops._common.backend import Dispatcher
+from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import check_int, check_same_device, check_tensor, values_checked
 from attnops.topk import reference
@@ -45,6 +46,7 @@ def _check_rows_fit(
         )
 
 
+@memoize_validation
 def _validate_top_k_per_row_prefill(
     logits: torch.Tensor,
     cu_seqlen_ks: torch.Tensor,
@@ -85,6 +87,7 @@ def _validate_top_k_per_row_prefill(
     _check_rows_fit("cu_seqlen_ke", logits, starts, ends - starts, stride0, stride1)
 
 
+@memoize_validation
 def _validate_top_k_per_row_decode(
     logits: torch.Tensor,
     next_n: int,
