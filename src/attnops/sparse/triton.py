@@ -69,12 +69,15 @@ _ZERO_CHUNK = 1024
 _CONVERT_WARPS = 1
 
 # --- attention launch parameters ---------------------------------------------------------------
-# Query rows and keys per tile; columns gathered per step.
+# Query rows and keys per tile; columns gathered per step (fp16/bf16).
 BLOCK_M = 64
 BLOCK_N = 64
 BLOCK_C = 64
 NUM_WARPS = 4
 NUM_STAGES = 2
+# fp32 products run as tf32x3, whose split operands need twice the registers and shared memory:
+# half-size key tiles, and a single stage for head sizes above 128 (fits 227 KB of shared memory).
+FP32_BLOCK_N = 32
 # Larger head sizes run on the PyTorch reference (register budget of one tile).
 MAX_HEAD_SIZE = 256
 
@@ -431,18 +434,26 @@ def convert_vertical_slash_indexes_mergehead(
 
 
 @triton.jit
-def _attend(q, k, v, visible, m_i, l_i, acc, qk_scale, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """One online-softmax step (base 2) over a key tile; ``visible [TILE_M, keys]`` masks the logits."""
+def _attend(q, k, v, visible, m_i, l_i, acc, qk_scale, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+            POSITIVE: tl.constexpr):  # fmt: skip
+    """One online-softmax step (base 2) over a key tile; ``visible [TILE_M, keys]`` masks the logits.
+
+    ``POSITIVE``: ``qk_scale > 0``, so the scale can go into the exponent's FMA after masking.
+    """
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    s = tl.where(visible, s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if POSITIVE:
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    else:
+        s = tl.where(visible, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
     # Rows that have seen nothing yet shift by 0, so exp2(-inf - 0) = 0 and never NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
+    p = tl.exp2((s * qk_scale if POSITIVE else s) - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return m_new, l_i, acc
@@ -465,19 +476,22 @@ def _scan_offsets(row_ptr, stride, count, bound, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _block_tile(
-    it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
-    key_lanes, TILE_N: tl.constexpr, PIECES: tl.constexpr,
-):  # fmt: skip
-    """Keys, their in-block mask, the block start and the K/V tiles of step ``it`` of the block loop."""
+def _block_step(it, bo_row, sbo_e, block_size_N, kv_len, TILE_N: tl.constexpr, PIECES: tl.constexpr):
+    """Step ``it`` of the block loop: its first key, its block's end, and the lanes ``[lo, hi)`` of the
+    ``TILE_N`` keys from the first that lie inside the block and inside ``[0, kv_len)``."""
     e = it // PIECES
     start = tl.load(bo_row + e * sbo_e).to(tl.int64)
-    keys = start + (it - e * PIECES) * TILE_N + key_lanes
-    in_block = (keys < start + block_size_N) & (keys >= 0) & (keys < kv_len)
-    mask = in_block[:, None] & dim_ok[None, :]
-    k_tile = tl.load(k_base + keys[:, None] * sk_t + dims[None, :] * sk_d, mask=mask, other=0.0)
-    v_tile = tl.load(v_base + keys[:, None] * sv_t + dims[None, :] * sv_d, mask=mask, other=0.0)
-    return keys, in_block, start, k_tile, v_tile
+    first = start + (it - e * PIECES) * TILE_N
+    end = start + block_size_N
+    lo = tl.minimum(tl.maximum(-first, 0), TILE_N).to(tl.int32)
+    hi = tl.minimum(tl.maximum(tl.minimum(end, kv_len) - first, 0), TILE_N).to(tl.int32)
+    return first, end, lo, hi
+
+
+@triton.jit
+def _lane_window(first, bound, TILE_N: tl.constexpr):
+    """``bound - first`` clamped to ``[0, TILE_N]``, as int32 (a lane index)."""
+    return tl.minimum(tl.maximum(bound - first, 0), TILE_N).to(tl.int32)
 
 
 @triton.jit
@@ -584,6 +598,8 @@ def _attention_kernel(
     CAUSAL: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    POSITIVE: tl.constexpr,
+    OFFSETS_32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = pid % batch_heads
@@ -610,7 +626,7 @@ def _attention_kernel(
     k_base = k_ptr + b * sk_b + kvh * sk_h
     v_base = v_ptr + b * sv_b + kvh * sv_h
     # The last key each query row may see (bottom-right causal alignment).
-    diagonal = rows.to(tl.int64) + (kv_len - q_len)
+    diagonal = rows + (kv_len - q_len)
 
     m_i = tl.full([TILE_M], float("-inf"), tl.float32)
     l_i = tl.zeros([TILE_M], tl.float32)
@@ -625,72 +641,89 @@ def _attention_kernel(
     ci_row = column_index_ptr + b * sci_b + h * sci_h + m64 * sci_m
 
     key_lanes = tl.arange(0, TILE_N)
+    row_lanes = tl.arange(0, TILE_M)
+    # Block tiles are addressed as a scalar first key plus these loop-invariant offsets (int32:
+    # the wrapper checks that TILE_N rows of K or V span fewer than 2**31 elements).
+    k_offsets = key_lanes[:, None] * sk_t + dims[None, :] * sk_d
+    v_offsets = key_lanes[:, None] * sv_t + dims[None, :] * sv_d
+    # The last key visible to the tile's first row (bottom-right causal alignment).
+    edge = first_row.to(tl.int64) + (kv_len - q_len)
     # Blocks that lie wholly left of the tile's causal edge need no causal mask; with a
     # sorted list they are a prefix of it.
-    last_free = first_row.to(tl.int64) + (kv_len - q_len) - block_size_N + 1
-    blocks_sorted, num_free = _scan_offsets(bo_row, sbo_e, num_blocks, last_free, TILE_C)
+    blocks_sorted, num_free = _scan_offsets(bo_row, sbo_e, num_blocks, edge - block_size_N + 1, TILE_C)
     if not CAUSAL:
         num_free = num_blocks
     if blocks_sorted:
         # Keys below `covered` were in an earlier block.
         covered = tl.full((), -(2**40), tl.int64)
         for it in range(0, num_free * PIECES):
-            keys, in_block, start, k_tile, v_tile = _block_tile(
-                it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
-                key_lanes, TILE_N, PIECES,
-            )  # fmt: skip
-            visible = (in_block & (keys >= covered))[None, :]
-            m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
-            covered = tl.where((it + 1) % PIECES == 0, tl.maximum(covered, start + block_size_N), covered)
+            first, end, lo, hi = _block_step(it, bo_row, sbo_e, block_size_N, kv_len, TILE_N, PIECES)
+            inside = (key_lanes >= lo) & (key_lanes < hi)
+            k_tile = tl.load(k_base + first * sk_t + k_offsets, mask=inside[:, None] & dim_ok[None, :], other=0.0)
+            v_tile = tl.load(v_base + first * sv_t + v_offsets, mask=inside[:, None] & dim_ok[None, :], other=0.0)
+            fresh = tl.maximum(lo, _lane_window(first, covered, TILE_N))
+            visible = ((key_lanes >= fresh) & (key_lanes < hi))[None, :]
+            m_i, l_i, acc = _attend(
+                q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION, POSITIVE
+            )
+            covered = tl.where((it + 1) % PIECES == 0, tl.maximum(covered, end), covered)
         for it in range(num_free * PIECES, num_blocks * PIECES):
-            keys, in_block, start, k_tile, v_tile = _block_tile(
-                it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
-                key_lanes, TILE_N, PIECES,
-            )  # fmt: skip
-            visible = (in_block & (keys >= covered))[None, :]
+            first, end, lo, hi = _block_step(it, bo_row, sbo_e, block_size_N, kv_len, TILE_N, PIECES)
+            inside = (key_lanes >= lo) & (key_lanes < hi)
+            k_tile = tl.load(k_base + first * sk_t + k_offsets, mask=inside[:, None] & dim_ok[None, :], other=0.0)
+            v_tile = tl.load(v_base + first * sv_t + v_offsets, mask=inside[:, None] & dim_ok[None, :], other=0.0)
+            fresh = tl.maximum(lo, _lane_window(first, covered, TILE_N))
+            visible = ((key_lanes >= fresh) & (key_lanes < hi))[None, :]
             if CAUSAL:
-                visible = visible & (keys[None, :] <= diagonal[:, None])
-            m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
-            covered = tl.where((it + 1) % PIECES == 0, tl.maximum(covered, start + block_size_N), covered)
+                # Row r sees lanes <= edge + r - first.
+                limit = tl.minimum(tl.maximum(edge - first, -TILE_M - 1), TILE_N).to(tl.int32) + row_lanes
+                visible = visible & (key_lanes[None, :] <= limit[:, None])
+            m_i, l_i, acc = _attend(
+                q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION, POSITIVE
+            )
+            covered = tl.where((it + 1) % PIECES == 0, tl.maximum(covered, end), covered)
     else:
         for it in range(0, num_blocks * PIECES):
-            keys, in_block, start, k_tile, v_tile = _block_tile(
-                it, bo_row, sbo_e, k_base, v_base, sk_t, sk_d, sv_t, sv_d, dims, dim_ok, block_size_N, kv_len,
-                key_lanes, TILE_N, PIECES,
-            )  # fmt: skip
-            fresh = in_block & ~_in_blocks(keys, bo_row, sbo_e, 0, it // PIECES, block_size_N, TILE_C)
+            first, end, lo, hi = _block_step(it, bo_row, sbo_e, block_size_N, kv_len, TILE_N, PIECES)
+            inside = (key_lanes >= lo) & (key_lanes < hi)
+            k_tile = tl.load(k_base + first * sk_t + k_offsets, mask=inside[:, None] & dim_ok[None, :], other=0.0)
+            v_tile = tl.load(v_base + first * sv_t + v_offsets, mask=inside[:, None] & dim_ok[None, :], other=0.0)
+            keys = first + key_lanes
+            fresh = inside & ~_in_blocks(keys, bo_row, sbo_e, 0, it // PIECES, block_size_N, TILE_C)
             visible = fresh[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= diagonal[:, None])
-            m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
+            m_i, l_i, acc = _attend(
+                q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION, POSITIVE
+            )
 
     cols_sorted, _ = _scan_offsets(ci_row, sci_e, num_cols, 0, TILE_C)
     col_lanes = tl.arange(0, TILE_C)
     for c0 in range(0, num_cols, TILE_C):
         idx = c0 + col_lanes
         listed = idx < num_cols
-        cols = tl.load(ci_row + idx * sci_e, mask=listed, other=-1).to(tl.int64)
+        cols = tl.load(ci_row + idx * sci_e, mask=listed, other=-1)
         ok = listed & (cols >= 0) & (cols < kv_len)
         # A key selected twice counts once: skip repeats and columns inside a listed block.
         if cols_sorted:
-            before = tl.load(ci_row + (idx - 1) * sci_e, mask=listed & (idx >= 1), other=-1).to(tl.int64)
+            before = tl.load(ci_row + (idx - 1) * sci_e, mask=listed & (idx >= 1), other=-1)
             ok = ok & ~((idx >= 1) & (before == cols))
         else:
-            ok = ok & ~_repeats_earlier(cols, idx, ci_row, sci_e, num_cols, TILE_C)
+            ok = ok & ~_repeats_earlier(cols.to(tl.int64), idx, ci_row, sci_e, num_cols, TILE_C)
         if blocks_sorted:
-            ok = ok & ~_in_sorted_blocks(cols, bo_row, sbo_e, num_blocks, block_size_N)
+            ok = ok & ~_in_sorted_blocks(cols.to(tl.int64), bo_row, sbo_e, num_blocks, block_size_N)
         else:
-            ok = ok & ~_in_blocks(cols, bo_row, sbo_e, 0, num_blocks, block_size_N, TILE_C)
-        k_tile = tl.load(
-            k_base + cols[:, None] * sk_t + dims[None, :] * sk_d, mask=ok[:, None] & dim_ok[None, :], other=0.0
-        )
-        v_tile = tl.load(
-            v_base + cols[:, None] * sv_t + dims[None, :] * sv_d, mask=ok[:, None] & dim_ok[None, :], other=0.0
-        )
+            ok = ok & ~_in_blocks(cols.to(tl.int64), bo_row, sbo_e, 0, num_blocks, block_size_N, TILE_C)
+        # Gather offsets: int32 when every key of K and V lies within 2**31 elements of the head's base.
+        rows_k = cols * sk_t if OFFSETS_32 else cols.to(tl.int64) * sk_t
+        rows_v = cols * sv_t if OFFSETS_32 else cols.to(tl.int64) * sv_t
+        mask = ok[:, None] & dim_ok[None, :]
+        k_tile = tl.load(k_base + rows_k[:, None] + dims[None, :] * sk_d, mask=mask, other=0.0)
+        v_tile = tl.load(v_base + rows_v[:, None] + dims[None, :] * sv_d, mask=mask, other=0.0)
         visible = ok[None, :]
         if CAUSAL:
             visible = visible & (cols[None, :] <= diagonal[:, None])
-        m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION)
+        m_i, l_i, acc = _attend(q_tile, k_tile, v_tile, visible, m_i, l_i, acc, qk_scale, UPCAST, PRECISION, POSITIVE)
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -711,6 +744,13 @@ def _tile(size: int, cap: int) -> int:
     return cap if size >= cap else max(16, triton.next_power_of_2(size))
 
 
+def _attention_config(dtype: torch.dtype, block_d: int, block_size_N: int) -> tuple[int, int, int, int]:
+    """``(TILE_N, TILE_C, num_warps, num_stages)`` for the input dtype and the padded head size."""
+    if dtype == torch.float32:
+        return _tile(block_size_N, FP32_BLOCK_N), FP32_BLOCK_N, 4 if block_d <= 64 else 8, 2 if block_d <= 128 else 1
+    return _tile(block_size_N, BLOCK_N), BLOCK_C, NUM_WARPS if block_d <= 128 else 2 * NUM_WARPS, NUM_STAGES
+
+
 @_attention_dispatcher.register("triton")
 def sparse_prefill_attention(
     q: torch.Tensor,
@@ -728,17 +768,20 @@ def sparse_prefill_attention(
     """Triton version of :func:`attnops.sparse.reference.sparse_prefill_attention` (inputs validated)."""
     batch, heads, q_len, head_size = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
-    if head_size > MAX_HEAD_SIZE or q_len == 0 or kv_len == 0 or batch * heads == 0:
+    tile_m = _tile(block_size_M, BLOCK_M)
+    block_d = max(16, triton.next_power_of_2(head_size))
+    tile_n, tile_c, num_warps, num_stages = _attention_config(q.dtype, block_d, block_size_N)
+    # Offsets inside one K/V tile are int32 in the kernel.
+    tile_span = max(t.stride(2) * (tile_n - 1) + t.stride(3) * (block_d - 1) for t in (k, v))
+    head_span = max(t.stride(2) * (kv_len - 1) + t.stride(3) * (block_d - 1) for t in (k, v))
+    if head_size > MAX_HEAD_SIZE or tile_span >= 2**31 or q_len == 0 or kv_len == 0 or batch * heads == 0:
         return reference.sparse_prefill_attention(
             q, k, v, block_count, block_offset, column_count, column_index, scale, block_size_M, block_size_N, causal
         )
     out = torch.empty((batch, heads, q_len, head_size), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, q_len), dtype=torch.float32, device=q.device)
-    tile_m = _tile(block_size_M, BLOCK_M)
-    tile_n = _tile(block_size_N, BLOCK_N)
     tiles_per_row = -(-block_size_M // tile_m)
     num_tiles = -(-q_len // block_size_M) * tiles_per_row
-    block_d = max(16, triton.next_power_of_2(head_size))
     interpreted = triton_interpreted()
     fp32 = q.dtype == torch.float32
     _attention_kernel[(num_tiles * batch * heads,)](
@@ -748,7 +791,8 @@ def sparse_prefill_attention(
         *q.stride(), *k.stride(), *v.stride(),
         *block_count.stride(), *block_offset.stride(), *column_count.stride(), *column_index.stride(),
         HEAD_SIZE=head_size, BLOCK_D=block_d, TILE_M=tile_m, TILE_N=tile_n, PIECES=-(-block_size_N // tile_n),
-        TILE_C=BLOCK_C, CAUSAL=causal, UPCAST=interpreted or fp32, PRECISION="tf32x3" if fp32 else "tf32",
-        num_warps=NUM_WARPS if block_d <= 128 else 2 * NUM_WARPS, num_stages=NUM_STAGES,
+        TILE_C=tile_c, CAUSAL=causal, UPCAST=interpreted or fp32, PRECISION="tf32x3" if fp32 else "tf32",
+        POSITIVE=scale > 0, OFFSETS_32=head_span < 2**31,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out, lse
