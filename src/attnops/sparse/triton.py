@@ -35,14 +35,20 @@ Attention (``sparse_prefill_attention``)
 ----------------------------------------
 :func:`_attention_kernel`, FlashAttention-style, one program per (batch, head,
 query tile of ``BLOCK_M`` rows of one row block), longest tiles first. It
-walks the tile's listed blocks (``BLOCK_N`` keys per step, one tile per
-64-key block) and then its listed columns in chunks of ``BLOCK_C`` gathered
-keys, with an fp32 online softmax in base 2 (``tl.dot`` on the input dtype,
-fp32 accumulation). Causal and bounds masks are applied per tile. A key
-selected twice counts once, as in the dense mask: sorted block lists (what
-the conversion produces) skip keys below the furthest block end seen so far,
-sorted column lists skip repeats of the previous entry and columns inside a
-block (binary search); unsorted lists fall back to exhaustive comparisons.
+walks the tile's listed blocks (``BLOCK_N`` keys per step) and then its
+listed columns in chunks of ``BLOCK_C`` gathered keys, with an fp32 online
+softmax in base 2 (``tl.dot`` on the input dtype with fp32 accumulation;
+fp32 inputs as tf32x3 on half-size key tiles). Both loops are software
+pipelined (K/V of the next step load while this one computes). A block tile
+is addressed as a scalar base plus loop-invariant offsets, and its masks are
+lane windows computed from scalars, so the hot loop is mostly the two
+products and the softmax; blocks wholly left of the tile's causal edge (a
+prefix of a sorted list) skip the causal mask. A key selected twice counts
+once, as in the dense mask: sorted block lists (what the conversion
+produces) skip keys below the furthest block end seen so far, sorted column
+lists skip repeats of the previous entry and columns inside a block (binary
+search); unsorted lists fall back to exhaustive comparisons. Head sizes above
+``MAX_HEAD_SIZE`` run on the PyTorch reference.
 """
 
 from __future__ import annotations
