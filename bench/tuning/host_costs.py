@@ -5,25 +5,15 @@ Prints µs per call of: tensor attribute reads, torch.empty, a partition-kernel 
 compiled handle and through Triton's JIT, the Triton v1 implementation and the public v1 call.
 """
 
-import time
+import functools
 
 import torch
 
-from attnops.bench.overhead import _decode_call
+from attnops.bench.overhead import _decode_call, _wall_us_per_call
 from attnops.cache import make_paged_kv_cache
 from attnops.paged_attention import triton as kernels
 
-N = 2000
-
-
-def per_call_us(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(N):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / N * 1e6
+per_call_us = functools.partial(_wall_us_per_call, calls=2000)
 
 
 def main() -> None:

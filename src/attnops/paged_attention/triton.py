@@ -106,24 +106,28 @@ def _weighted_values(p, v, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECIS
 
 
 @triton.jit
-def _gather(
-    table, tile_start, end, k_base, v_base, k_stride_block, v_stride_block, d_mask,
-    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr, X: tl.constexpr, MASKED: tl.constexpr,
+def _tile(
+    m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+    ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
+    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr, X: tl.constexpr,
+    FP8: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr,
+    HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    """Raw K ``[HEAD_PAD, TILE]`` and V ``[TILE, HEAD_PAD]`` of the ``TILE`` tokens from ``tile_start``.
+    """One online-softmax step over the ``TILE`` tokens from ``tile_start``: the new ``(m, s, acc)``.
 
-    Both are gathered straight into the products' shapes through a per-token block id, hinted
-    constant over each block's slots so that the loads stay vectorised (``X`` head elements of a
-    key slot, ``BLOCK_SIZE`` slots of a value row are contiguous). ``MASKED`` tiles may run past
-    ``end``: slots there may hold NaN and are loaded as 0.
+    K ``[HEAD_PAD, TILE]`` and V ``[TILE, HEAD_PAD]`` are gathered straight into the products'
+    shapes through a per-token block id, hinted constant over each block's slots so that the loads
+    stay vectorised (``X`` head elements of a key slot, ``BLOCK_SIZE`` slots of a value row are
+    contiguous). ``MASKED`` tiles may run past ``end``: slots there may hold NaN and are loaded as 0.
     """
     t = tl.arange(0, TILE)
     d = tl.arange(0, HEAD_PAD)
+    tok = tile_start + t
     # tile_start is a multiple of BLOCK_SIZE: token t is slot t % BLOCK_SIZE of its block.
     entry = tile_start // BLOCK_SIZE + t // BLOCK_SIZE
     slot = t % BLOCK_SIZE
     if MASKED:
-        valid = tile_start + t < end
+        valid = tok < end
         block = tl.load(table + entry, mask=valid, other=0)
     else:
         block = tl.load(table + entry)
@@ -137,19 +141,7 @@ def _gather(
     else:
         k_raw = tl.load(k_ptrs, mask=d_mask[:, None], other=0.0)
         v_raw = tl.load(v_ptrs, mask=d_mask[None, :], other=0.0)
-    return k_raw, v_raw
 
-
-@triton.jit
-def _update(
-    m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
-    sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, FP8: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr,
-    PRECISION: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
-    """One online-softmax step over the tile's raw K and V (from :func:`_gather`): the new ``(m, s, acc)``."""
-    tok = tile_start + tl.arange(0, TILE)
     k = _dequantize(k_raw, ks, FP8, COMPUTE)
     logits = _logits(q, _operand(k, HALF_DOT, COMPUTE), scale, USE_DOT, HALF_DOT, PRECISION)
     if HAS_ALIBI:
@@ -162,7 +154,7 @@ def _update(
         # As vLLM: skipped tokens take the logit -FLT_MAX (they count in the max and exp sum).
         logits = tl.where(attended, logits, -_FLT_MAX)
     if MASKED:
-        logits = tl.where((tok < end)[None, :], logits, float("-inf"))
+        logits = tl.where(valid[None, :], logits, float("-inf"))
 
     m_new = tl.maximum(m, tl.max(logits, axis=1))
     alpha = tl.exp(m - m_new)
@@ -278,24 +270,16 @@ def _partition_kernel(
     # Full tiles load without per-slot masks; the last, partial tile of the split is masked.
     full_end = start + (end - start) // TILE * TILE
     for tile_start in range(start, full_end, TILE):
-        k_raw, v_raw = _gather(
-            table, tile_start, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
-            HEAD_PAD, X, False,
-        )  # fmt: skip
-        m, s, acc = _update(
-            m, s, acc, q, k_raw, v_raw, tile_start, end, seq_len, ks, vs, scale, slopes, query_block, offset,
-            sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
-            HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
+        m, s, acc = _tile(
+            m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+            ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
+            compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
         )  # fmt: skip
     if full_end < end:
-        k_raw, v_raw = _gather(
-            table, full_end, end, k_base, v_base, k_stride_block, v_stride_block, d_mask, BLOCK_SIZE, TILE,
-            HEAD_PAD, X, True,
-        )  # fmt: skip
-        m, s, acc = _update(
-            m, s, acc, q, k_raw, v_raw, full_end, end, seq_len, ks, vs, scale, slopes, query_block, offset,
-            sparse_local_blocks, sparse_vert_stride, sparse_block_size, compute, BLOCK_SIZE, TILE, FP8,
-            HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, True,
+        m, s, acc = _tile(
+            m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+            ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
+            compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, True,
         )  # fmt: skip
 
     result = acc / (s + _SOFTMAX_EPS)[:, None]
