@@ -17,30 +17,13 @@ from hypothesis import strategies as st
 import attnops.sparse as sparse
 from attnops.bench.cases import vertical_slash_pattern
 from attnops.sparse import api
+from helpers.sparse_patterns import random_case
 
 pytestmark = pytest.mark.triton
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # One rounding step of the output dtype (fp32 products on tensor cores are tf32x3 on the GPU).
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def random_case(rng, *, causal, mergehead, M, N, context, batch=2, heads=3, nnz_v=6, nnz_s=9):
-    """Ragged q/kv lengths; slashes mix near-diagonal and far offsets so gaps around M and 2M occur."""
-    q = [rng.randint(0, context) for _ in range(batch)]
-    q[0] = context
-    kv = [n + rng.randint(0, 3 * M) for n in q] if causal else [rng.randint(1, 3 * context) for _ in q]
-    vertical, slash = [], []
-    for b in range(batch):
-        v_hi = (context + 2 * M) if causal else kv[b]
-        vertical.append([sorted(rng.randrange(v_hi) for _ in range(nnz_v)) for _ in range(heads)])
-        offsets = lambda: sorted(
-            rng.choice([rng.randint(0, 3 * M), rng.randint(0, context + 2 * M)]) for _ in range(nnz_s)
-        )
-        slash.append([offsets()[::-1] for _ in range(heads)])
-    nv = [rng.randint(1, nnz_v) for _ in range(heads)] if mergehead else None
-    ns = [rng.randint(1, nnz_s) for _ in range(heads)] if mergehead else None
-    return q, kv, vertical, slash, nv, ns, context, M, N, causal
 
 
 def make_case(batch, heads, kv_heads, q_len, kv_len, head_size, dtype, M, N, causal, seed):

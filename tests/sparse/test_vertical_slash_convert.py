@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnops.sparse as sparse
+from helpers.sparse_patterns import random_case
 
 
 class NoTermination(Exception):
@@ -132,27 +133,6 @@ def assert_matches_kernel(case):
     assert not block_offset.masked_select(slots >= block_count[..., None]).any()
     slots = torch.arange(column_index.shape[-1])
     assert not column_index.masked_select(slots >= column_count[..., None]).any()
-
-
-def random_case(rng, *, causal, mergehead, M, N, context, batch=2, heads=3, nnz_v=6, nnz_s=9, diagonal=False):
-    """Ragged q/kv lengths; slashes mix near-diagonal and far offsets so gaps around M and 2M occur."""
-    q = [rng.randint(0, context) for _ in range(batch)]
-    q[0] = context
-    kv = [n + rng.randint(0, 3 * M) for n in q] if causal else [rng.randint(1, 3 * context) for _ in q]
-    vertical, slash = [], []
-    for b in range(batch):
-        v_hi = (context + 2 * M) if causal else kv[b]
-        vertical.append([sorted(rng.randrange(v_hi) for _ in range(nnz_v)) for _ in range(heads)])
-        per_head = []
-        for _ in range(heads):
-            values = [rng.choice([rng.randint(0, 3 * M), rng.randint(0, context + 2 * M)]) for _ in range(nnz_s)]
-            if diagonal:
-                values[0] = 0
-            per_head.append(sorted(values, reverse=True))
-        slash.append(per_head)
-    nv = [rng.randint(1, nnz_v) for _ in range(heads)] if mergehead else None
-    ns = [rng.randint(1, nnz_s) for _ in range(heads)] if mergehead else None
-    return q, kv, vertical, slash, nv, ns, context, M, N, causal
 
 
 BLOCKS = [(64, 64), (16, 16), (8, 24), (3, 5), (1, 1)]

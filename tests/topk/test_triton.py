@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import attnops.topk as topk
 from attnops.topk import reference
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
+from helpers.topk_rows import decode_lengths
 
 kernels = pytest.importorskip("attnops.topk.triton")
 
@@ -119,13 +120,6 @@ def run_prefill(logits, starts, ends, k, stride0=None, stride1=None, out_shape=N
     lengths = [e - s for s, e in zip(starts, ends, strict=True)]
     check(out, before, logits, stride0, stride1, starts, lengths, k)
     return out
-
-
-def decode_lengths(seq_lens, next_n, num_rows):
-    if isinstance(seq_lens[0], list):
-        flat = [n for row in seq_lens for n in row]
-        return [max(0, flat[r]) for r in range(num_rows)]
-    return [max(0, seq_lens[r // next_n] - next_n + r % next_n + 1) for r in range(num_rows)]
 
 
 def run_decode(logits, next_n, seq_lens, num_rows, k, stride0=None, stride1=None, out_shape=None):
