@@ -177,10 +177,12 @@ def convert_vertical_slash_indexes(
     column is masked by causality anyway), and a non-causal row block only
     takes slashes ``>= m*M`` after its first.
 
-    Tables are exactly vLLM's below the counts. Entries past
-    ``block_count[b, h, m]`` / ``column_count[b, h, m]``, and all entries of
-    rows with ``m*M >= q_seqlens[b]``, are ``0`` (vLLM leaves ``torch.empty``
-    garbage in the mergehead variant and zeros in the plain one).
+    Tables are exactly vLLM's below the counts (rows with
+    ``m*M >= q_seqlens[b]`` have counts 0). Entries past
+    ``block_count[b, h, m]`` / ``column_count[b, h, m]`` are unspecified:
+    the PyTorch path leaves zeros there (as vLLM's ``torch.zeros`` outputs),
+    the Triton path does not write them (at 128K context the padding would be
+    ~1.9 GB of writes, several times all the valid entries).
 
     Requirements beyond vLLM's signature, checked before anything runs (value
     checks on CPU always, on GPU under ``ATTNOPS_CHECK=1``): at least one index

@@ -21,9 +21,12 @@ Two launches, no host synchronisation:
    A closed range writes its ``block_size_N`` blocks with one vector store,
    and the verticals in the gap before it are found by a vectorised scan that
    resumes where the previous range left off (both lists are sorted), and are
-   copied to ``column_index`` in one vector copy. Every row is written in
-   full, zeros past the counts, so the outputs are allocated with
-   ``torch.empty``.
+   copied to ``column_index`` in one vector copy. Only the entries below the
+   counts are written (SPEC's contract, and all that a consumer reads): the
+   outputs come from ``torch.empty``, so entries past the counts are
+   unspecified here, where the PyTorch path (like vLLM's ``torch.zeros``)
+   leaves zeros. Padding the rows would write ~1.9 GB at 128K context, more
+   than every valid entry together.
 
    The sequential part is the loop over runs (tens per row for MInference
    patterns: the local band is one run); whether a run opens a new range
@@ -70,8 +73,6 @@ _RUN_CHUNK = 1024
 _VERTICAL_CHUNK = 64
 # Block offsets written per vector store of a closed range.
 _BLOCK_CHUNK = 64
-# Zeros written per store when a row is padded past its counts (the bulk of the traffic).
-_ZERO_CHUNK = 1024
 _CONVERT_WARPS = 1
 
 # --- attention launch parameters ---------------------------------------------------------------
@@ -221,21 +222,6 @@ def _close_range(
     return nblk, ncol, vcur
 
 
-@triton.jit
-def _fill_zeros(row_ptr, first, stop, CHUNK: tl.constexpr):
-    """Zero entries ``[first, stop)`` of a row: masked partial chunks at both ends, unmasked (vector) chunks between."""
-    lanes = tl.arange(0, CHUNK)
-    zeros = tl.zeros([CHUNK], tl.int32)
-    body_start = tl.cdiv(first, CHUNK) * CHUNK
-    body_stop = (stop // CHUNK) * CHUNK
-    idx = (first // CHUNK) * CHUNK + lanes
-    tl.store(row_ptr + idx, zeros, mask=(idx >= first) & (idx < tl.minimum(body_start, stop)))
-    for k0 in range(body_start, body_stop, CHUNK):
-        tl.store(row_ptr + k0 + lanes, zeros)
-    idx = tl.maximum(body_stop, body_start) + lanes
-    tl.store(row_ptr + idx, zeros, mask=idx < stop)
-
-
 @triton.jit(do_not_specialize=["num_heads", "num_rows", "nnz_v", "nnz_s", "M", "N"])
 def _convert_kernel(
     q_seqlens_ptr,
@@ -269,7 +255,6 @@ def _convert_kernel(
     SEARCH_BITS: tl.constexpr,
     V_CHUNK: tl.constexpr,
     B_CHUNK: tl.constexpr,
-    Z_CHUNK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = pid // num_rows
@@ -351,8 +336,6 @@ def _convert_kernel(
         kept = _count_below(v_row, stride_vj, vcur, nv, cutoff, V_CHUNK)
         ncol = _copy_verticals(v_row, stride_vj, vcur, kept, ci_row, ncol, nnz_v, V_CHUNK)
 
-    _fill_zeros(bo_row, nblk, nnz_s, Z_CHUNK)
-    _fill_zeros(ci_row, ncol, nnz_v, Z_CHUNK)
     tl.store(block_count_ptr + row, nblk)
     tl.store(column_count_ptr + row, ncol)
 
@@ -391,7 +374,7 @@ def _convert(
         block_count, block_offset, column_count, column_index,
         heads, rows, nnz_v, nnz_s, block_size_M, block_size_N, *vertical_indexes.stride(), *s_strides, nnz_s, nnz_v,
         CAUSAL=causal, HAS_COUNTS=has_counts, SEARCH_BITS=nnz_s.bit_length(),
-        V_CHUNK=_VERTICAL_CHUNK, B_CHUNK=_BLOCK_CHUNK, Z_CHUNK=_ZERO_CHUNK, num_warps=_CONVERT_WARPS,
+        V_CHUNK=_VERTICAL_CHUNK, B_CHUNK=_BLOCK_CHUNK, num_warps=_CONVERT_WARPS,
     )  # fmt: skip
     return block_count, block_offset, column_count, column_index
 
