@@ -56,6 +56,9 @@ def _set(values: dict) -> None:
         setattr(kernels, name, value)
     kernels._config.cache_clear()
     kernels._auto_split.cache_clear()
+    # Launch keys hold shapes, not these module constants: drop the compiled handles too.
+    kernels._partition_launcher.compiled.clear()
+    kernels._reduce_launcher.compiled.clear()
 
 
 def _time(call) -> float:

@@ -36,10 +36,12 @@ from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_E
 
 # fp8 cache formats, as the kernel's FP8 constexpr.
 _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
-# Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py).
+# Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py, H200): with
+# line-wide K loads, 2 warps and no software pipelining (more resident programs hide the latency
+# instead) beat 4 warps / 2 stages by 9-16 % on every swept shape.
 _TILE_TOKENS = 64
-_NUM_WARPS = 4
-_NUM_STAGES = 2
+_NUM_WARPS = 2
+_NUM_STAGES = 1
 # Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
 _PROGRAMS_PER_SM = 4
 _MIN_SPLIT = 64
@@ -109,16 +111,17 @@ def _weighted_values(p, v, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECIS
 def _tile(
     m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
     ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_PAD: tl.constexpr, X: tl.constexpr,
+    COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr, X: tl.constexpr,
     FP8: tl.constexpr, HAS_ALIBI: tl.constexpr, SPARSE: tl.constexpr, USE_DOT: tl.constexpr,
     HALF_DOT: tl.constexpr, PRECISION: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over the ``TILE`` tokens from ``tile_start``: the new ``(m, s, acc)``.
 
-    K ``[HEAD_PAD, TILE]`` and V ``[TILE, HEAD_PAD]`` are gathered straight into the products'
-    shapes through a per-token block id, hinted constant over each block's slots so that the loads
-    stay vectorised (``X`` head elements of a key slot, ``BLOCK_SIZE`` slots of a value row are
-    contiguous). ``MASKED`` tiles may run past ``end``: slots there may hold NaN and are loaded as 0.
+    K (as ``[TILE, HEAD_PAD // X, X]``, then viewed as ``[HEAD_PAD, TILE]``) and V
+    ``[TILE, HEAD_PAD]`` are gathered through a per-token block id, hinted constant over each
+    block's slots so that the loads stay vectorised and cover whole cache lines (``X`` head
+    elements of a key slot, ``BLOCK_SIZE`` slots of a value row are contiguous). ``MASKED`` tiles may run past ``end``: slots there may hold NaN and are loaded as 0.
     """
     t = tl.arange(0, TILE)
     d = tl.arange(0, HEAD_PAD)
@@ -132,14 +135,24 @@ def _tile(
     else:
         block = tl.load(table + entry)
     block = tl.max_constancy(block.to(tl.int64), [BLOCK_SIZE])
-    k_ptrs = k_base + (block * k_stride_block)[None, :] + ((d // X) * (BLOCK_SIZE * X) + d % X)[:, None]
-    k_ptrs += (slot * X)[None, :]
     v_ptrs = v_base + (block * v_stride_block + slot)[:, None] + (d * BLOCK_SIZE)[None, :]
+    # K as [TILE, HEAD_PAD // X, X]: Triton puts a warp's threads along the first non-contiguous
+    # axis, the tokens, whose X-element pieces of one head chunk are contiguous within a block, so
+    # a warp's load covers whole 128-byte lines. (As [HEAD_PAD, TILE] a warp read one 32-byte
+    # sector of 16 lines: L2 tag lookups capped the kernel at ~63 % of HBM bandwidth.)
+    c = tl.arange(0, HEAD_PAD // X)
+    x = tl.arange(0, X)
+    k_ptrs = k_base + (block * k_stride_block + slot * X)[:, None, None] + (c * (BLOCK_SIZE * X))[None, :, None]
+    k_ptrs += x[None, None, :]
+    k_dims = (c[None, :, None] * X + x[None, None, :]) < HEAD_SIZE
     if MASKED:
-        k_raw = tl.load(k_ptrs, mask=d_mask[:, None] & valid[None, :], other=0.0)
+        k_raw = tl.load(k_ptrs, mask=k_dims & valid[:, None, None], other=0.0)
+    else:
+        k_raw = tl.load(k_ptrs, mask=k_dims, other=0.0)
+    k_raw = tl.trans(tl.reshape(k_raw, [TILE, HEAD_PAD]))
+    if MASKED:
         v_raw = tl.load(v_ptrs, mask=valid[:, None] & d_mask[None, :], other=0.0)
     else:
-        k_raw = tl.load(k_ptrs, mask=d_mask[:, None], other=0.0)
         v_raw = tl.load(v_ptrs, mask=d_mask[None, :], other=0.0)
 
     k = _dequantize(k_raw, ks, FP8, COMPUTE)
@@ -273,13 +286,13 @@ def _partition_kernel(
         m, s, acc = _tile(
             m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
             ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-            compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
+            compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
         )  # fmt: skip
     if full_end < end:
         m, s, acc = _tile(
             m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
             ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-            compute, BLOCK_SIZE, TILE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, True,
+            compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, True,
         )  # fmt: skip
 
     result = acc / (s + _SOFTMAX_EPS)[:, None]
