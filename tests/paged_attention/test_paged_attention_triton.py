@@ -81,6 +81,7 @@ CASES = [
     (128, 32, torch.float32, 2, 2, "auto", True),
     (192, 16, torch.bfloat16, 4, 4, "auto", False),
     (256, 8, torch.float16, 2, 1, "auto", False),
+    (256, 16, torch.float32, 8, 2, "auto", False),
     (64, 16, torch.float16, 4, 2, "fp8", False),
     (128, 16, torch.bfloat16, 4, 4, "fp8_e4m3", True),
     (80, 32, torch.float32, 4, 1, "fp8_e5m2", False),

@@ -36,12 +36,16 @@ from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_E
 
 # fp8 cache formats, as the kernel's FP8 constexpr.
 _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
-# Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py, H200): with
-# line-wide K loads, 2 warps and no software pipelining (more resident programs hide the latency
-# instead) beat 4 warps / 2 stages by 9-16 % on every swept shape.
+# Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py, H200, bf16,
+# head 128): with line-wide K loads, one warp and a two-stage pipeline (many small resident
+# programs) beat 4 warps / 2 stages by 10-30 % on every swept shape (128x4096: 91.6 % of copy
+# peak). Wider rows get more warps and a single stage, see _config.
 _TILE_TOKENS = 64
-_NUM_WARPS = 2
-_NUM_STAGES = 1
+_NUM_WARPS = 1
+_NUM_STAGES = 2
+# Row bytes (HEAD_PAD x element size) one warp holds; shared memory the pipeline stages may use.
+_ROW_BYTES_PER_WARP = 256
+_STAGE_BYTES = 128 * 1024
 # Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
 _PROGRAMS_PER_SM = 4
 _MIN_SPLIT = 64
@@ -402,22 +406,28 @@ def _config(
     GQA groups run their two products on tensor cores (``tl.dot`` needs 16 rows: the group is
     padded), in the query dtype for fp16/bf16 on the GPU (the CPU interpreter's half-precision
     ``tl.dot`` is unreliable, so there they run in fp32); a single head per kv head uses broadcast
-    products. Tiles hold ``_TILE_TOKENS`` tokens (at least one whole cache block).
+    products. Tiles hold ``_TILE_TOKENS`` tokens (at least one whole cache block). Rows wider
+    than ``_ROW_BYTES_PER_WARP`` get proportionally more warps (registers), and a single stage
+    when two stages of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
+    head_pad = triton.next_power_of_2(head_size)
+    tile = max(block_size, _TILE_TOKENS)
+    row_bytes = head_pad * dtype.itemsize
+    stages = _NUM_STAGES if _NUM_STAGES * 2 * tile * row_bytes <= _STAGE_BYTES else 1
     return {
         "HEADS_PER_KV": heads_per_kv,
         "GROUP_PAD": max(16, triton.next_power_of_2(heads_per_kv)) if use_dot else 1,
         "HEAD_SIZE": head_size,
-        "HEAD_PAD": triton.next_power_of_2(head_size),
-        "TILE": max(block_size, _TILE_TOKENS),
+        "HEAD_PAD": head_pad,
+        "TILE": tile,
         "USE_DOT": use_dot,
         "HALF_DOT": use_dot and dtype != torch.float32 and not interpreted,
         # fp32 values take tf32x3 (about fp32 accuracy).
         "PRECISION": "tf32x3",
-        "num_warps": _NUM_WARPS,
-        "num_stages": _NUM_STAGES,
+        "num_warps": max(_NUM_WARPS, row_bytes // _ROW_BYTES_PER_WARP),
+        "num_stages": stages,
     }
 
 
