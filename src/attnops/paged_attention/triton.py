@@ -125,7 +125,8 @@ def _tile(
     K (as ``[TILE, HEAD_PAD // X, X]``, then viewed as ``[HEAD_PAD, TILE]``) and V
     ``[TILE, HEAD_PAD]`` are gathered through a per-token block id, hinted constant over each
     block's slots so that the loads stay vectorised and cover whole cache lines (``X`` head
-    elements of a key slot, ``BLOCK_SIZE`` slots of a value row are contiguous). ``MASKED`` tiles may run past ``end``: slots there may hold NaN and are loaded as 0.
+    elements of a key slot, ``BLOCK_SIZE`` slots of a value row are contiguous). ``MASKED`` tiles
+    may run past ``end``: slots there may hold NaN and are loaded as 0.
     """
     t = tl.arange(0, TILE)
     d = tl.arange(0, HEAD_PAD)
@@ -290,13 +291,15 @@ def _partition_kernel(
         m, s, acc = _tile(
             m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
             ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-            compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, False,
+            compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION,
+            False,
         )  # fmt: skip
     if full_end < end:
         m, s, acc = _tile(
             m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
             ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
-            compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION, True,
+            compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION,
+            True,
         )  # fmt: skip
 
     result = acc / (s + _SOFTMAX_EPS)[:, None]
