@@ -176,6 +176,22 @@ def test_split_size_is_a_parameter(device):
     close(lse, expected_lse, torch.float32)
 
 
+@pytest.mark.parametrize("reduce_tile", [2, 4])
+def test_reduction_in_several_steps(device, monkeypatch, reduce_tile):
+    # Long rows reduce their splits in steps of _REDUCE_TILE with a running max; force several
+    # steps, with the largest logits in later splits (ALiBi grows toward the end).
+    from attnops.paged_attention import triton as kernels
+
+    monkeypatch.setattr(kernels, "_REDUCE_TILE", reduce_tile)
+    monkeypatch.setattr(kernels._reduce_launcher, "compiled", {})
+    cache, query, slopes = setup(device, [0, 1, 65, 300, 640], 4, 2, 64, 16, torch.float32, alibi=True)
+    args = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 64**-0.5, slopes, "auto")
+    out, lse = kernels.paged_decode(*args, cache.k_scale, cache.v_scale, split=64)
+    expected_out, expected_lse = run_decode("torch", cache, query, slopes)
+    close(out, expected_out, torch.float32)
+    close(lse, expected_lse, torch.float32)
+
+
 def test_auto_picks_triton_only_for_cuda(device):
     from attnops.paged_attention import api
     from attnops.paged_attention import triton as kernels

@@ -55,8 +55,11 @@ _FLT_MAX = tl.constexpr(FLT_MAX)
 _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
 # The block-sparse arguments of dense calls (never read: SPARSE is off).
 _DENSE = BlockSparse(local_blocks=0, vert_stride=1, block_size=1, head_sliding_step=0, tp_rank=0)
-# Partitions reduced per step of the reduce kernel.
-_REDUCE_TILE = 16
+# Splits reduced per step of the reduce kernel, at most (its fp32 tile holds at most
+# _REDUCE_ELEMENTS outputs): one step for up to 64 splits of a head-128 row, so a small batch's
+# reduction waits on one round of loads.
+_REDUCE_TILE = 64
+_REDUCE_ELEMENTS = 8192
 
 
 @triton.jit
@@ -357,27 +360,27 @@ def _reduce_kernel(
     d = tl.arange(0, HEAD_PAD)
     d_mask = d < HEAD_SIZE
 
-    peak = tl.full([REDUCE_TILE], -_FLT_MAX, tl.float32)
-    for first in range(0, count, REDUCE_TILE):
-        part = first + p
-        peak = tl.maximum(peak, tl.load(max_logits + base + part, mask=part < count, other=-_FLT_MAX))
-    global_max = tl.max(peak, axis=0)
-
-    total = tl.zeros([REDUCE_TILE], tl.float32)
+    # One pass: the running max rescales what was summed so far (a single step, the usual case,
+    # is exactly vLLM's max-first reduction).
+    running = tl.full((), -_FLT_MAX, tl.float32)
+    total_sum = tl.zeros((), tl.float32)
     acc = tl.zeros([HEAD_PAD], tl.float32)
     for first in range(0, count, REDUCE_TILE):
         part = first + p
         used = part < count
         m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX)
         s = tl.load(exp_sums + base + part, mask=used, other=0.0)
-        weight = s * tl.exp(m - global_max)
-        total += weight
         o_ptrs = split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :]
         o = tl.load(o_ptrs, mask=used[:, None] & d_mask[None, :], other=0.0)
-        acc += tl.sum(weight[:, None] * o, axis=0)
+        tile_max = tl.max(m, axis=0)
+        new_max = tl.maximum(running, tile_max)
+        shrink = tl.exp(running - new_max)
+        weight = s * tl.exp(m - new_max)
+        total_sum = total_sum * shrink + tl.sum(weight, axis=0)
+        acc = acc * shrink + tl.sum(weight[:, None] * o, axis=0)
+        running = new_max
         if WRITE_PARTITIONS:
             # A split's output is its acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
-            tile_max = tl.max(m, axis=0)
             rescale = tl.exp(m - tile_max)
             tile_sum = tl.sum(s * rescale, axis=0)
             tile_out = tl.sum(((s + _SOFTMAX_EPS) * rescale)[:, None] * o, axis=0) / (tile_sum + _SOFTMAX_EPS)
@@ -385,7 +388,6 @@ def _reduce_kernel(
             tl.store(part_max + slot, tile_max)
             tl.store(part_sum + slot, tile_sum)
             tl.store(part_out + slot * HEAD_SIZE + d, tile_out.to(part_out.dtype.element_ty), mask=d_mask)
-    total_sum = tl.sum(total, axis=0)
     merged = acc / (total_sum + _SOFTMAX_EPS)
     # A one-split sequence takes its split's output as is (zeros for an empty sequence).
     single = tl.load(split_out + base * HEAD_SIZE + d, mask=d < HEAD_SIZE * tl.minimum(count, 1), other=0.0)
@@ -393,7 +395,7 @@ def _reduce_kernel(
     tl.store(out + row * HEAD_SIZE + d, result.to(out.dtype.element_ty), mask=d_mask)
     if WRITE_LSE:
         # log(0) = -inf for an empty sequence.
-        tl.store(lse + head * num_seqs + seq, global_max + tl.log(total_sum))
+        tl.store(lse + head * num_seqs + seq, running + tl.log(total_sum))
 
 
 _partition_launcher = Launcher(_partition_kernel)
@@ -542,12 +544,14 @@ def _reduce(
     num_partitions = 0 if part_max is None else part_max.shape[-1]
     pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
     ints = (num_seqs, num_heads, num_splits, num_partitions)
-    reduce_tile = _REDUCE_TILE if partitions is None else PARTITION_SIZE // split
+    head_pad = triton.next_power_of_2(head_size)
+    widest = min(_REDUCE_TILE, max(1, _REDUCE_ELEMENTS // head_pad))
+    reduce_tile = min(widest, triton.next_power_of_2(num_splits)) if partitions is None else PARTITION_SIZE // split
     shape = (head_size, split, reduce_tile, triton_interpreted())
 
     def constexprs() -> dict[str, object]:
         return dict(
-            HEAD_SIZE=head_size, HEAD_PAD=triton.next_power_of_2(head_size), SPLIT=split, REDUCE_TILE=reduce_tile,
+            HEAD_SIZE=head_size, HEAD_PAD=head_pad, SPLIT=split, REDUCE_TILE=reduce_tile,
             WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
         )  # fmt: skip
 
