@@ -1,0 +1,86 @@
+"""GPU time of small calls without host overhead (run on a GPU machine).
+
+PYTHONPATH=src python bench/tuning/graph_times.py
+Each call is captured once in a CUDA graph and replayed after an L2 flush; the events around the
+replay time the kernels alone, which the eager bench cannot do for calls shorter than their host
+cost. Prints merge at the SPEC §3 token counts (current launch constants against the previous
+8 KiB / 4 warps) and paged decode v1/v2 on the small-batch cells.
+"""
+
+import functools
+import statistics
+
+import torch
+
+from attnops import merge_attn_states, paged_attention_v1, paged_attention_v2
+from attnops.cache import make_paged_kv_cache
+from attnops.merge import triton as merge_kernels
+from attnops.paged_attention import PARTITION_SIZE
+
+FLUSH = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+MERGE_CONFIGS = ((merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS), (8192, 4))
+DECODE_CELLS = ((1, 1024), (1, 4096), (1, 16384), (8, 1024), (8, 4096), (32, 1024))
+
+
+def graph_us(fn, reps: int = 60) -> float:
+    """Median µs of one CUDA-graph replay of ``fn``, L2 flushed before each."""
+    fn()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    samples = []
+    for _ in range(reps):
+        FLUSH.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(samples)
+
+
+def _set_merge(tile: int, warps: int) -> None:
+    merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS = tile, warps
+    merge_kernels._launch_config.cache_clear()
+    merge_kernels._launcher.compiled.clear()
+
+
+def merge_cells() -> None:
+    for tokens in (512, 4096, 32768):
+        prefix, suffix = (torch.randn(tokens, 32, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+        prefix_lse, suffix_lse = (torch.randn(32, tokens, device="cuda") for _ in range(2))
+        out, out_lse = torch.empty_like(prefix), torch.empty_like(prefix_lse)
+        nbytes = 3 * prefix.numel() * 2 + 3 * prefix_lse.numel() * 4
+        call = functools.partial(merge_attn_states, out, prefix, prefix_lse, suffix, suffix_lse, out_lse)
+        for tile, warps in MERGE_CONFIGS:
+            _set_merge(tile, warps)
+            us = graph_us(call)
+            print(f"merge {tokens} tile={tile} w{warps}: {us:.1f} us {nbytes / us / 1e3:.0f} GB/s", flush=True)
+    _set_merge(*MERGE_CONFIGS[0])
+
+
+def decode_cells() -> None:
+    for num_seqs, context in DECODE_CELLS:
+        cache = make_paged_kv_cache([context] * num_seqs, 8, 128, 16, torch.bfloat16, device="cuda")
+        query = torch.randn(num_seqs, 32, 128, dtype=torch.bfloat16, device="cuda")
+        out = torch.empty_like(query)
+        parts = -(-context // PARTITION_SIZE)
+        stats = torch.empty(2, num_seqs, 32, parts, device="cuda")
+        tmp = torch.empty(num_seqs, 32, parts, 128, dtype=torch.bfloat16, device="cuda")
+        common = (query, cache.key_cache, cache.value_cache, 8, 128**-0.5, cache.block_tables, cache.seq_lens, 16,
+                  context, None, "auto", cache.k_scale, cache.v_scale)  # fmt: skip
+        nbytes = num_seqs * context * 8 * 128 * 2 * 2
+        v1 = graph_us(functools.partial(paged_attention_v1, out, *common))
+        v2 = graph_us(functools.partial(paged_attention_v2, out, stats[0], stats[1], tmp, *common))
+        print(f"paged {num_seqs}x{context}: v1 {v1:.1f} us ({nbytes / v1 / 1e3:.0f} GB/s), "
+              f"v2 {v2:.1f} us ({nbytes / v2 / 1e3:.0f} GB/s)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    merge_cells()
+    decode_cells()
