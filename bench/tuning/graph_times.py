@@ -7,15 +7,12 @@ cost. Prints merge at the SPEC §3 token counts (current launch constants agains
 8 KiB / 4 warps) and paged decode v1/v2 on the small-batch cells.
 """
 
-import functools
 import statistics
 
 import torch
+from workloads import decode_calls, merge_call
 
-from attnops import merge_attn_states, paged_attention_v1, paged_attention_v2
-from attnops.cache import make_paged_kv_cache
 from attnops.merge import triton as merge_kernels
-from attnops.paged_attention import PARTITION_SIZE
 
 FLUSH = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
 MERGE_CONFIGS = ((merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS), (8192, 4))
@@ -52,11 +49,7 @@ def _set_merge(tile: int, warps: int) -> None:
 
 def merge_cells() -> None:
     for tokens in (512, 4096, 32768):
-        prefix, suffix = (torch.randn(tokens, 32, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-        prefix_lse, suffix_lse = (torch.randn(32, tokens, device="cuda") for _ in range(2))
-        out, out_lse = torch.empty_like(prefix), torch.empty_like(prefix_lse)
-        nbytes = 3 * prefix.numel() * 2 + 3 * prefix_lse.numel() * 4
-        call = functools.partial(merge_attn_states, out, prefix, prefix_lse, suffix, suffix_lse, out_lse)
+        call, nbytes = merge_call(tokens)
         for tile, warps in MERGE_CONFIGS:
             _set_merge(tile, warps)
             us = graph_us(call)
@@ -66,19 +59,10 @@ def merge_cells() -> None:
 
 def decode_cells() -> None:
     for num_seqs, context in DECODE_CELLS:
-        cache = make_paged_kv_cache([context] * num_seqs, 8, 128, 16, torch.bfloat16, device="cuda")
-        query = torch.randn(num_seqs, 32, 128, dtype=torch.bfloat16, device="cuda")
-        out = torch.empty_like(query)
-        parts = -(-context // PARTITION_SIZE)
-        stats = torch.empty(2, num_seqs, 32, parts, device="cuda")
-        tmp = torch.empty(num_seqs, 32, parts, 128, dtype=torch.bfloat16, device="cuda")
-        common = (query, cache.key_cache, cache.value_cache, 8, 128**-0.5, cache.block_tables, cache.seq_lens, 16,
-                  context, None, "auto", cache.k_scale, cache.v_scale)  # fmt: skip
-        nbytes = num_seqs * context * 8 * 128 * 2 * 2
-        v1 = graph_us(functools.partial(paged_attention_v1, out, *common))
-        v2 = graph_us(functools.partial(paged_attention_v2, out, stats[0], stats[1], tmp, *common))
-        print(f"paged {num_seqs}x{context}: v1 {v1:.1f} us ({nbytes / v1 / 1e3:.0f} GB/s), "
-              f"v2 {v2:.1f} us ({nbytes / v2 / 1e3:.0f} GB/s)", flush=True)  # fmt: skip
+        v1, v2, nbytes = decode_calls(num_seqs, context)
+        t1, t2 = graph_us(v1), graph_us(v2)
+        print(f"paged {num_seqs}x{context}: v1 {t1:.1f} us ({nbytes / t1 / 1e3:.0f} GB/s), "
+              f"v2 {t2:.1f} us ({nbytes / t2 / 1e3:.0f} GB/s)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -151,16 +151,13 @@ def sparse_sweep() -> None:
 
 
 def merge_sweep() -> None:
-    from attnops import merge_attn_states
+    from workloads import merge_call
+
     from attnops.merge import triton as kernels
 
     defaults = (kernels._TILE_BYTES, kernels._NUM_WARPS)
     for tokens in (512, 4096, 32768):
-        prefix, suffix = (torch.randn(tokens, 32, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-        prefix_lse, suffix_lse = (torch.randn(32, tokens, device="cuda") for _ in range(2))
-        out, out_lse = torch.empty_like(prefix), torch.empty_like(prefix_lse)
-        nbytes = 3 * prefix.numel() * 2 + 3 * prefix_lse.numel() * 4
-        call = functools.partial(merge_attn_states, out, prefix, prefix_lse, suffix, suffix_lse, out_lse)
+        call, nbytes = merge_call(tokens)
         for tile, warps in ((8192, 4), (4096, 4), (4096, 2), (16384, 4), (16384, 8), (2048, 2), (8192, 8)):
             kernels._TILE_BYTES, kernels._NUM_WARPS = tile, warps
             kernels._launch_config.cache_clear()

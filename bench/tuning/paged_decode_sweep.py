@@ -12,43 +12,22 @@ import sys
 
 import torch
 import triton.testing
+from workloads import decode_calls
 
 from attnops.bench.bandwidth import measure_peak_bandwidth
-from attnops.cache import make_paged_kv_cache
-from attnops.paged_attention import PARTITION_SIZE
 from attnops.paged_attention import triton as kernels
 
 SWEEP_SHAPES = [(1, 16384), (32, 4096), (128, 4096)]
 GRID = [(s, c) for s in (1, 8, 32, 128) for c in (1024, 4096, 16384)]
 SPACE = {
     "_TILE_TOKENS": (32, 64, 128),
-    "_NUM_WARPS": (4, 8),
+    "_NUM_WARPS": (1, 2, 4),
     "_NUM_STAGES": (1, 2, 3),
-    "_PROGRAMS_PER_SM": (2, 4, 8),
-    "_MAX_SPLIT": (512, 2048),
+    "_PROGRAMS_PER_SM": (4, 8),
+    "_MAX_SPLIT": (256, 512),
 }
-QUICK_SPACE = {"_TILE_TOKENS": (64,), "_NUM_WARPS": (4,), "_NUM_STAGES": (2,),
+QUICK_SPACE = {"_TILE_TOKENS": (64,), "_NUM_WARPS": (1,), "_NUM_STAGES": (2,),
                "_PROGRAMS_PER_SM": (4,), "_MAX_SPLIT": (512,)}  # fmt: skip
-
-
-def _calls(num_seqs: int, context: int):
-    """Zero-argument v1 and v2 Triton calls on a random cache, and the K+V bytes they read."""
-    cache = make_paged_kv_cache([context] * num_seqs, 8, 128, 16, torch.bfloat16, device="cuda")
-    query = torch.randn(num_seqs, 32, 128, dtype=torch.bfloat16, device="cuda")
-    out = torch.empty_like(query)
-    parts = -(-context // PARTITION_SIZE)
-    stats = torch.empty(2, num_seqs, 32, parts, device="cuda")
-    tmp = torch.empty(num_seqs, 32, parts, 128, dtype=torch.bfloat16, device="cuda")
-    common = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 128**-0.5, None,
-              "auto", cache.k_scale, cache.v_scale, None)  # fmt: skip
-
-    def v1():
-        kernels.paged_attention_v1(out, *common)
-
-    def v2():
-        kernels.paged_attention_v2(out, stats[0], stats[1], tmp, *common)
-
-    return v1, v2, num_seqs * context * 8 * 128 * 2 * 2
 
 
 def _set(values: dict) -> None:
@@ -75,7 +54,7 @@ def main() -> None:
     defaults = {name: getattr(kernels, name) for name in SPACE}
     space = QUICK_SPACE if quick else SPACE
     for num_seqs, context in SWEEP_SHAPES:
-        v1, v2, nbytes = _calls(num_seqs, context)
+        v1, v2, nbytes = decode_calls(num_seqs, context)
         rows = []
         for values in itertools.product(*space.values()):
             _set(dict(zip(space, values, strict=True)))
@@ -87,7 +66,7 @@ def main() -> None:
     print(f"grid at defaults {defaults}")
     _set(defaults)
     for num_seqs, context in GRID:
-        v1, v2, nbytes = _calls(num_seqs, context)
+        v1, v2, nbytes = decode_calls(num_seqs, context)
         t1, t2 = _time(v1), _time(v2)
         print(
             f"  seqs={num_seqs:3d} ctx={context:5d}  v1 {t1:8.1f} us {nbytes / t1 / 1e3:6.0f} GB/s "
