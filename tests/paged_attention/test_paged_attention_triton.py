@@ -190,6 +190,12 @@ def test_reduction_in_several_steps(device, monkeypatch, reduce_tile):
     expected_out, expected_lse = run_decode("torch", cache, query, slopes)
     close(out, expected_out, torch.float32)
     close(lse, expected_lse, torch.float32)
+    # v2 at split 64: 8 sub-splits per partition, one partition per step of the reduction.
+    expected = run_v2("torch", cache, query, slopes, 2)
+    got = [torch.full_like(t, float("nan")) for t in expected]
+    kernels.paged_attention_v2(*got, *args, cache.k_scale, cache.v_scale, None, split=64)
+    for actual, want in zip(got, expected, strict=True):
+        close(actual, want, torch.float32, equal_nan=True)
 
 
 def test_auto_picks_triton_only_for_cuda(device):

@@ -39,12 +39,15 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 # Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py, H200, bf16,
 # head 128): with line-wide K loads, one warp and a two-stage pipeline (many small resident
 # programs) beat 4 warps / 2 stages by 10-30 % on every swept shape (128x4096: 91.6 % of copy
-# peak). Wider rows get more warps and a single stage, see _config.
+# peak), although ptxas spills ~1.3 KB a thread at one warp. Rows wider than _NARROW_ROW_BYTES
+# (head x element size) keep version 3's 4 warps, which spill far less there (sm_90, ptxas: fp16
+# head 256 168 B vs 1.5 KB at 2 warps) and are not yet tuned.
 _TILE_TOKENS = 64
 _NUM_WARPS = 1
 _NUM_STAGES = 2
-# Row bytes (HEAD_PAD x element size) one warp holds; shared memory the pipeline stages may use.
-_ROW_BYTES_PER_WARP = 256
+_NARROW_ROW_BYTES = 256
+_WIDE_ROW_WARPS = 4
+# Shared memory the pipeline stages of K and V tiles may use (fp32 head 256 takes one stage).
 _STAGE_BYTES = 128 * 1024
 # Device-aware split: programs wanted per SM, and the smallest split (tokens) to go down to.
 _PROGRAMS_PER_SM = 4
@@ -57,7 +60,7 @@ _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
 _DENSE = BlockSparse(local_blocks=0, vert_stride=1, block_size=1, head_sliding_step=0, tp_rank=0)
 # Splits reduced per step of the reduce kernel, at most (its fp32 tile holds at most
 # _REDUCE_ELEMENTS outputs): one step for up to 64 splits of a head-128 row, so a small batch's
-# reduction waits on one round of loads.
+# reduction waits on one round of loads (245 registers a thread on sm_90, no spills).
 _REDUCE_TILE = 64
 _REDUCE_ELEMENTS = 8192
 
@@ -342,14 +345,16 @@ def _reduce_kernel(
     HEAD_PAD: tl.constexpr,
     SPLIT: tl.constexpr,
     REDUCE_TILE: tl.constexpr,
+    SUB: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     WRITE_PARTITIONS: tl.constexpr,
 ):
     """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses.
 
-    With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``REDUCE_TILE`` of them
-    per partition: each step also folds its tile into that partition's statistics (max logit, exp
-    sum, output / (exp sum + 1e-6)), as the partition kernel writes them when a split is a partition.
+    With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``SUB`` of them per
+    partition, and each step of ``REDUCE_TILE`` splits (whole partitions) also folds them into
+    their partitions' statistics (max logit, exp sum, output / (exp sum + 1e-6)), as the partition
+    kernel writes them when a split is a partition.
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -380,14 +385,25 @@ def _reduce_kernel(
         acc = acc * shrink + tl.sum(weight[:, None] * o, axis=0)
         running = new_max
         if WRITE_PARTITIONS:
-            # A split's output is its acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
-            rescale = tl.exp(m - tile_max)
-            tile_sum = tl.sum(s * rescale, axis=0)
-            tile_out = tl.sum(((s + _SOFTMAX_EPS) * rescale)[:, None] * o, axis=0) / (tile_sum + _SOFTMAX_EPS)
-            slot = row * num_partitions + first // REDUCE_TILE
-            tl.store(part_max + slot, tile_max)
-            tl.store(part_sum + slot, tile_sum)
-            tl.store(part_out + slot * HEAD_SIZE + d, tile_out.to(part_out.dtype.element_ty), mask=d_mask)
+            # The step holds PARTS whole partitions of SUB splits each. A split's output is its
+            # acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
+            PARTS: tl.constexpr = REDUCE_TILE // SUB
+            m_parts = tl.reshape(m, [PARTS, SUB])
+            s_parts = tl.reshape(s, [PARTS, SUB])
+            o_parts = tl.reshape(o, [PARTS, SUB, HEAD_PAD])
+            parts_max = tl.max(m_parts, axis=1)
+            rescale = tl.exp(m_parts - parts_max[:, None])
+            parts_sum = tl.sum(s_parts * rescale, axis=1)
+            weighted = ((s_parts + _SOFTMAX_EPS) * rescale)[:, :, None] * o_parts
+            parts_out = tl.sum(weighted, axis=1) / (parts_sum + _SOFTMAX_EPS)[:, None]
+            index = first // SUB + tl.arange(0, PARTS)
+            # Partitions with no used split stay untouched, as vLLM's.
+            written = index < tl.cdiv(count, SUB)
+            slots = row * num_partitions + index
+            tl.store(part_max + slots, parts_max, mask=written)
+            tl.store(part_sum + slots, parts_sum, mask=written)
+            out_ptrs = part_out + slots[:, None] * HEAD_SIZE + d[None, :]
+            tl.store(out_ptrs, parts_out.to(part_out.dtype.element_ty), mask=written[:, None] & d_mask[None, :])
     merged = acc / (total_sum + _SOFTMAX_EPS)
     # A one-split sequence takes its split's output as is (zeros for an empty sequence).
     single = tl.load(split_out + base * HEAD_SIZE + d, mask=d < HEAD_SIZE * tl.minimum(count, 1), other=0.0)
@@ -412,8 +428,8 @@ def _config(
     padded), in the query dtype for fp16/bf16 on the GPU (the CPU interpreter's half-precision
     ``tl.dot`` is unreliable, so there they run in fp32); a single head per kv head uses broadcast
     products. Tiles hold ``_TILE_TOKENS`` tokens (at least one whole cache block). Rows wider
-    than ``_ROW_BYTES_PER_WARP`` get proportionally more warps (registers), and a single stage
-    when two stages of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
+    than ``_NARROW_ROW_BYTES`` get ``_WIDE_ROW_WARPS`` warps, and a single stage when two stages
+    of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
@@ -431,7 +447,7 @@ def _config(
         "HALF_DOT": use_dot and dtype != torch.float32 and not interpreted,
         # fp32 values take tf32x3 (about fp32 accuracy).
         "PRECISION": "tf32x3",
-        "num_warps": max(_NUM_WARPS, row_bytes // _ROW_BYTES_PER_WARP),
+        "num_warps": _NUM_WARPS if row_bytes <= _NARROW_ROW_BYTES else _WIDE_ROW_WARPS,
         "num_stages": stages,
     }
 
@@ -545,13 +561,18 @@ def _reduce(
     pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
     ints = (num_seqs, num_heads, num_splits, num_partitions)
     head_pad = triton.next_power_of_2(head_size)
-    widest = min(_REDUCE_TILE, max(1, _REDUCE_ELEMENTS // head_pad))
-    reduce_tile = min(widest, triton.next_power_of_2(num_splits)) if partitions is None else PARTITION_SIZE // split
+    sub = 1 if partitions is None else PARTITION_SIZE // split
+    # Partition statistics hold a second weighted copy of the tile: half the width (sm_90, head 128:
+    # 64 splits a step spill there, 32 take 194 registers).
+    elements = _REDUCE_ELEMENTS if partitions is None else _REDUCE_ELEMENTS // 2
+    widest = min(_REDUCE_TILE, max(1, elements // head_pad))
+    # Powers of two: a step always holds whole partitions.
+    reduce_tile = max(sub, min(widest, triton.next_power_of_2(num_splits)))
     shape = (head_size, split, reduce_tile, triton_interpreted())
 
     def constexprs() -> dict[str, object]:
         return dict(
-            HEAD_SIZE=head_size, HEAD_PAD=head_pad, SPLIT=split, REDUCE_TILE=reduce_tile,
+            HEAD_SIZE=head_size, HEAD_PAD=head_pad, SPLIT=split, REDUCE_TILE=reduce_tile, SUB=sub,
             WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
         )  # fmt: skip
 
