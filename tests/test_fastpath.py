@@ -107,13 +107,15 @@ def test_launcher_reuses_the_compiled_handle(monkeypatch):
         return {"D": 4, "C": 3, "num_warps": 8}
 
     device = torch.device("cuda", 1)
-    launcher.launch(("k",), (2, 5), (10, 11), constexprs, device)
-    launcher.launch(("k",), (2, 5), (12, 13), constexprs, device)
+    first, second = torch.zeros(3), torch.zeros(5)
+    launcher.launch(("k",), (2, 5), (first, 11), constexprs, device)
+    launcher.launch(("k",), (2, 5), (second, 13), constexprs, device)
     launcher.launch(None, (7,), (14, 15), constexprs, device)
     assert kernel.jit_launches == [
-        ((2, 5), (10, 11), {"D": 4, "C": 3, "num_warps": 8}),
+        ((2, 5), (first, 11), {"D": 4, "C": 3, "num_warps": 8}),
         ((7,), (14, 15), {"D": 4, "C": 3, "num_warps": 8}),
     ]
-    # Constexprs in signature order, launch options left out, the grid made three-dimensional.
-    assert kernel.compiled.launches == [((2, 5, 1), (12, 13, 3, 4), 1001)]
+    # Tensors as addresses, constexprs in signature order, launch options left out, the grid
+    # made three-dimensional.
+    assert kernel.compiled.launches == [((2, 5, 1), (second.data_ptr(), 13, 3, 4), 1001)]
     assert len(made) == 2

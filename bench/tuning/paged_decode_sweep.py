@@ -72,7 +72,7 @@ def main() -> None:
             f"  seqs={num_seqs:3d} ctx={context:5d}  v1 {t1:8.1f} us {nbytes / t1 / 1e3:6.0f} GB/s "
             f"{nbytes / t1 / 1e3 / peak:6.1%}   v2 {t2:8.1f} us {nbytes / t2 / 1e3 / peak:6.1%}"
         )
-    for compiled, _ in list(kernels._partition_launcher.compiled.values())[-2:]:
+    for compiled, *_ in list(kernels._partition_launcher.compiled.values())[-2:]:
         print(f"  partition kernel: {compiled.n_regs} registers, {compiled.n_spills} spills, "
               f"{compiled.metadata.shared} B shared memory")  # fmt: skip
 

@@ -80,15 +80,17 @@ class Launcher:
     skip the launcher's pointer checks), ``constexprs`` a zero-argument function returning its
     constexpr parameters and launch options (called on the first launch of a key only). ``key``
     must determine everything Triton specialises on: the constexprs and options, every integer
-    argument and every pointer's dtype and 16-byte alignment. The first launch of a key goes
-    through Triton's JIT (compiling if needed) and keeps the compiled kernel; later launches skip
-    the JIT's argument specialisation. ``key=None`` (e.g. under the CPU interpreter) always takes
-    the JIT.
+    argument and every pointer's dtype, 16-byte alignment and whether it is ``None``. The first
+    launch of a key goes through Triton's JIT (compiling if needed) and keeps the compiled kernel;
+    later launches skip the JIT's argument specialisation and pass tensors as their addresses, so
+    Triton's launcher skips its per-pointer ``data_ptr()`` call and driver query
+    (``cuPointerGetAttribute``; the caller has validated the devices). ``key=None`` (e.g. under
+    the CPU interpreter) always takes the JIT.
     """
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        self.compiled: dict[tuple, tuple[Any, tuple]] = {}
+        self.compiled: dict[tuple, tuple[Any, tuple, tuple[int, ...]]] = {}
 
     def launch(
         self,
@@ -101,20 +103,24 @@ class Launcher:
         """Launch on ``device``'s current stream."""
         hit = None if key is None else self.compiled.get(key)
         if hit is not None:
-            compiled, tail = hit
+            compiled, tail, tensors = hit
+            values = list(args)
+            for i in tensors:
+                values[i] = values[i].data_ptr()
             # The compiled handle reads all three grid dimensions; a given stream spares it two
             # Python-level driver queries.
             stream = torch._C._cuda_getCurrentRawStream(device.index)
-            compiled[(*grid, 1, 1)[:3]](*args, *tail, stream=stream)
+            compiled[(*grid, 1, 1)[:3]](*values, *tail, stream=stream)
             return
         params = constexprs()
         compiled = self.kernel[grid](*args, **params)
         if key is not None and hasattr(compiled, "function"):
             # The compiled handle takes every parameter positionally, constexprs included.
             tail = tuple(params[name] for name in self.kernel.arg_names[len(args) :])
+            tensors = tuple(i for i, value in enumerate(args) if isinstance(value, torch.Tensor))
             if len(self.compiled) >= _MAX_ENTRIES:
                 self.compiled.clear()
-            self.compiled[key] = (compiled, tail)
+            self.compiled[key] = (compiled, tail, tensors)
 
 
 def aligned(*tensors: torch.Tensor | None) -> tuple[bool, ...]:
