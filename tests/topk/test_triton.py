@@ -389,3 +389,19 @@ def test_cuda_graph_capture_and_replay(device):
     torch.cuda.synchronize()
     for r in range(8):
         assert torch.equal(out[r].sort().values, eager[r].sort().values)
+
+
+def test_launch_key_holds_every_specialisation_input(monkeypatch):
+    # On the GPU a key's first launch is compiled and reused: anything Triton specialises on
+    # (integer values, pointer dtypes and alignment, constexprs) must tell keys apart.
+    monkeypatch.setattr(kernels, "triton_interpreted", lambda: False)
+    logits, rows = torch.zeros(8), torch.zeros(8, dtype=torch.int32)
+    params = {"TILE": 1024, "num_warps": 8}
+    key = kernels._launch_key((logits, 1, 16, rows), params)
+    assert key == kernels._launch_key((torch.zeros(8), 1, 16, torch.zeros(8, dtype=torch.int32)), dict(params))
+    assert key != kernels._launch_key((logits, 2, 16, rows), params)
+    assert key != kernels._launch_key((logits.double(), 1, 16, rows), params)
+    assert key != kernels._launch_key((logits[1:], 1, 16, rows), params)
+    assert key != kernels._launch_key((logits, 1, 16, rows), {"TILE": 512, "num_warps": 8})
+    monkeypatch.setattr(kernels, "triton_interpreted", lambda: True)
+    assert kernels._launch_key((logits, 1, 16, rows), params) is None

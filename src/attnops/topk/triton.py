@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnops._common.backend import triton_interpreted
+from attnops._common.fastpath import Launcher, aligned
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
 from attnops.topk.reference import storage_elements
 
@@ -476,6 +478,20 @@ def _finish_kernel(
             _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE, WIDE)
 
 
+_chunk_launcher = Launcher(_chunk_kernel)
+_finish_launcher = Launcher(_finish_kernel)
+
+
+def _launch_key(args: tuple, params: dict[str, object]) -> tuple | None:
+    """What a launch specialises on (see :class:`Launcher`): every integer argument's value, every
+    tensor's dtype and 16-byte alignment, the constexprs and options. ``None`` off the GPU."""
+    if triton_interpreted():
+        return None
+    tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
+    values = tuple(arg.dtype if isinstance(arg, torch.Tensor) else arg for arg in args)
+    return values, aligned(*tensors), tuple(params.items())
+
+
 def _launch(
     logits: torch.Tensor,
     starts: torch.Tensor,
@@ -510,18 +526,23 @@ def _launch(
         cand_keys = torch.empty(num_rows, _CANDIDATES, dtype=torch.int32, device=logits.device)
         cand_cols = torch.empty_like(cand_keys)
         chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
-        _chunk_kernel[(num_rows, chunk_programs)](
-            logits, *bounds, cand_keys, cand_cols, chunk_info, **flags,
-            SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL, TILE=_TILE, num_warps=_CHUNK_WARPS,
+        args = (logits, *bounds, cand_keys, cand_cols, chunk_info)
+        params = dict(
+            **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL, TILE=_TILE,
+            num_warps=_CHUNK_WARPS,
         )  # fmt: skip
+        _chunk_launcher.launch(
+            _launch_key(args, params), (num_rows, chunk_programs), args, lambda: params, logits.device
+        )
     else:
         # Never read (HAS_CANDIDATES is off).
         cand_keys = cand_cols = chunk_info = out
-    _finish_kernel[(num_rows,)](
-        logits, *bounds, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info, chunk_programs,
+    args = (logits, *bounds, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info, chunk_programs)
+    params = dict(
         **flags, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)), HAS_CANDIDATES=chunk_programs > 0,
         TILE=_TILE, num_warps=_FINISH_WARPS,
     )  # fmt: skip
+    _finish_launcher.launch(_launch_key(args, params), (num_rows,), args, lambda: params, logits.device)
 
 
 @_prefill_dispatcher.register("triton")
