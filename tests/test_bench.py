@@ -139,6 +139,7 @@ def _row(**overrides):
         "pct_peak": 1.0,
         "baseline": {"name": "eager formula", "median_us": 20.0, "gbps": 0.05},
         "speedup_vs_baseline": 2.0,
+        "graph_us": None,
     }
     return row | overrides
 
@@ -157,6 +158,24 @@ def test_table_shows_every_row_and_its_baseline():
     assert "merge_attn_states" in text and "other" in text
     assert "eager formula" in text and "2.00x" in text
     assert "10.0 GB/s" in text
+
+
+def test_table_shows_graph_replay_time_where_measured():
+    table = report.bench_table([_row(graph_us=4.25, backend="triton"), _row(kernel="other")], 10.0)
+    buffer = io.StringIO()
+    Console(file=buffer, width=220).print(table)
+    lines = buffer.getvalue().splitlines()
+    assert "graph µs" in buffer.getvalue()
+    assert any("triton" in line and "4.2" in line for line in lines)
+    assert any("other" in line and " - " in line for line in lines)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_time_cuda_graph_times_the_kernels():
+    x = torch.ones(1 << 24, device="cuda")
+    replay = timing.time_cuda_graph(lambda: x.mul_(1.0), budget_ms=20)
+    assert replay.runs >= 10 and 0 < replay.min_us <= replay.median_us
 
 
 def test_ascii_table_has_no_box_drawing_characters():

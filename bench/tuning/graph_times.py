@@ -1,44 +1,24 @@
 """GPU time of small calls without host overhead (run on a GPU machine).
 
 PYTHONPATH=src python bench/tuning/graph_times.py
-Each call is captured once in a CUDA graph and replayed after an L2 flush; the events around the
-replay time the kernels alone, which the eager bench cannot do for calls shorter than their host
-cost. Prints merge at the SPEC §3 token counts (current launch constants against the previous
-8 KiB / 4 warps) and paged decode v1/v2 on the small-batch cells.
+Each call is captured once in a CUDA graph and replayed after an L2 flush
+(:func:`attnops.bench.timing.time_cuda_graph`, also the bench's "graph µs" column): the kernels
+alone, for calls shorter than their host cost. Prints merge at the SPEC §3 token counts (current
+launch constants against the previous 8 KiB / 4 warps) and paged decode v1/v2 on the small-batch
+cells.
 """
 
-import statistics
-
-import torch
 from workloads import decode_calls, merge_call
 
+from attnops.bench.timing import time_cuda_graph
 from attnops.merge import triton as merge_kernels
 
-FLUSH = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
 MERGE_CONFIGS = ((merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS), (8192, 4))
 DECODE_CELLS = ((1, 1024), (1, 4096), (1, 16384), (8, 1024), (8, 4096), (32, 1024))
 
 
-def graph_us(fn, reps: int = 60) -> float:
-    """Median µs of one CUDA-graph replay of ``fn``, L2 flushed before each."""
-    fn()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    samples = []
-    for _ in range(reps):
-        FLUSH.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(samples)
+def graph_us(fn) -> float:
+    return time_cuda_graph(fn, budget_ms=100).median_us
 
 
 def _set_merge(tile: int, warps: int) -> None:

@@ -1,7 +1,9 @@
 """Reporting of benchmark results: a table, a JSON file and a bandwidth plot.
 
 A result row is a plain dict (JSON-ready) with the keys of :data:`ROW_KEYS`;
-``baseline`` is ``None`` or a dict with ``name``, ``median_us`` and ``gbps``.
+``baseline`` is ``None`` or a dict with ``name``, ``median_us`` and ``gbps``;
+``graph_us`` is the call's time as a CUDA-graph replay (kernels without host
+launch work) where it was measured, else ``None``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ ROW_KEYS = (
     "pct_peak",
     "baseline",
     "speedup_vs_baseline",
+    "graph_us",
 )
 
 PAYLOAD_KEYS = (
@@ -70,7 +73,7 @@ def bench_table(rows: Sequence[dict[str, Any]], peak_gbps: float, *, ascii_only:
     )
     for name in ("op", "shape", "kernel", "backend"):
         table.add_column(name)
-    for name in ("µs", "GB/s", "% peak", "baseline", "base µs", "base GB/s", "speedup"):
+    for name in ("µs", "GB/s", "% peak", "graph µs", "baseline", "base µs", "base GB/s", "speedup"):
         table.add_column(name, justify="left" if name == "baseline" else "right")
     for row in rows:
         base = row["baseline"]
@@ -82,6 +85,7 @@ def bench_table(rows: Sequence[dict[str, Any]], peak_gbps: float, *, ascii_only:
             f"{row['median_us']:.1f}",
             f"{row['gbps']:.2f}",
             f"{row['pct_peak']:.1f}",
+            f"{row['graph_us']:.1f}" if row["graph_us"] is not None else "-",
             base["name"] if base else "-",
             f"{base['median_us']:.1f}" if base else "-",
             f"{base['gbps']:.2f}" if base else "-",

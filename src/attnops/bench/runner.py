@@ -19,9 +19,11 @@ from attnops.bench.bandwidth import BandwidthProbe, gbps, measure_peak_bandwidth
 from attnops.bench.cases import BenchCase, build_case
 from attnops.bench.environment import device_info, device_slug, git_commit, steady_cpu_allocator, versions
 from attnops.bench.shapes import Shape, grid, shape_params
-from attnops.bench.timing import Timing, time_fn
+from attnops.bench.timing import Timing, time_cuda_graph, time_fn
 
 SCHEMA_VERSION = 1
+# Backends whose calls never synchronise with the host, so a CUDA graph can capture them.
+CAPTURABLE_BACKENDS = ("triton",)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,12 @@ def _bench_one(op: str, shape: Shape, config: BenchConfig, probe: BandwidthProbe
         for backend in runnable_backends(kernel.family, kernel.name, config.device):
             if config.backends is not None and backend not in config.backends:
                 continue
-            timing = time_fn(kernel.make(backend), config.device, budget_ms=budget)
-            rows.append(_row(op, kernel.name, backend, shape, timing, probe, baseline))
+            call = kernel.make(backend)
+            timing = time_fn(call, config.device, budget_ms=budget)
+            row = _row(op, kernel.name, backend, shape, timing, probe, baseline)
+            if config.device.type == "cuda" and backend in CAPTURABLE_BACKENDS:
+                row["graph_us"] = time_cuda_graph(call, budget_ms=budget).median_us
+            rows.append(row)
     del case
     _release_memory(config.device)
     return rows
@@ -128,6 +134,7 @@ def _row(
         "pct_peak": 100.0 * achieved / probe.gbps,
         "baseline": baseline,
         "speedup_vs_baseline": baseline["median_us"] / timing.median_us if baseline else None,
+        "graph_us": None,
     }
 
 

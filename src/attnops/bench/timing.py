@@ -4,6 +4,9 @@ CPU: a warm-up, then ``time.perf_counter`` around single calls until the
 time budget is spent (at least ``min_runs`` calls); the median is reported.
 CUDA: ``triton.testing.do_bench`` (which flushes the L2 cache before every
 run); without Triton, CUDA events around each call with an explicit L2 flush.
+CUDA graphs (:func:`time_cuda_graph`): the call captured once and replayed,
+which times the kernels without the host's launch work (the time an eager
+call takes when its host work outlasts its GPU work).
 CUDA and Triton are imported only when a CUDA timing is asked for.
 """
 
@@ -57,6 +60,22 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, budget_ms: float) ->
     if device.type == "cuda":
         return time_cuda(fn, budget_ms=budget_ms)
     return time_cpu(fn, budget_ms=budget_ms)
+
+
+def time_cuda_graph(fn: Callable[[], Any], *, budget_ms: float = 100.0) -> Timing:
+    """Median GPU time of one CUDA-graph replay of ``fn()``, L2 flushed before each.
+
+    ``fn`` must be capturable (no host synchronisation); capture errors propagate.
+    """
+    fn()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return _time_cuda_events(graph.replay, budget_ms=budget_ms)
 
 
 def _time_cuda_events(fn: Callable[[], Any], *, budget_ms: float, min_runs: int = 10) -> Timing:
