@@ -4,7 +4,8 @@ Each case runs with the kernel's own constants and with tiny ones (rows of more 
 columns are "long", chunks of 32 columns, 128 candidate slots, tiles of 16), so that on small
 rows every path runs: rows no longer than k, rows held in one program, chunk candidates, chunks
 searched again over all their columns (more top keys than candidate slots), and the streaming
-fallback (rows longer than the chunk programs cover, k above the candidate slots).
+fallback (rows longer than the chunk programs cover, k above the candidate slots); the tiny
+constants run twice, writing results from the keys held in registers and from tiles read again.
 """
 
 from __future__ import annotations
@@ -29,13 +30,26 @@ SMALL = dict(_SHORT_ROW=64, _CHUNK=32, _CANDIDATES=128, _TILE=16, _SLACK_MIN=2)
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(params=["default", "small"])
+def use_small_sizes(monkeypatch, emission):
+    """The tiny constants of ``SMALL``; every launch writes its results from tiles read again
+    (``emission="tiles"``) or from the keys held in registers (``"registers"``)."""
+    for name, value in SMALL.items():
+        monkeypatch.setattr(kernels, name, value)
+    monkeypatch.setattr(kernels, "_REGISTER_PROGRAMS_PER_SM", 0 if emission == "tiles" else 2**20)
+
+
+@pytest.fixture(params=["default", "small-tiles", "small-registers"])
 def sizes(request, monkeypatch):
-    """The kernel's constants, or the tiny ones of ``SMALL``."""
-    if request.param == "small":
-        for name, value in SMALL.items():
-            monkeypatch.setattr(kernels, name, value)
+    """The kernel's constants, or the tiny ones with either way of writing results."""
+    if request.param != "default":
+        use_small_sizes(monkeypatch, request.param.removeprefix("small-"))
     return request.param
+
+
+@pytest.fixture(params=["tiles", "registers"])
+def small_sizes(request, monkeypatch):
+    """The tiny constants with either way of writing results."""
+    use_small_sizes(monkeypatch, request.param)
 
 
 @pytest.fixture
@@ -249,9 +263,7 @@ def test_zero_rows(device, sizes):
     run_decode(logits, 1, [100], 0, 3, out_shape=(2, 3))
 
 
-def test_chunks_holding_more_top_keys_than_slots_are_searched_again(device, monkeypatch, spy):
-    for name, value in SMALL.items():
-        monkeypatch.setattr(kernels, name, value)
+def test_chunks_holding_more_top_keys_than_slots_are_searched_again(device, small_sizes, spy):
     fallbacks, repairs = spy("_select_streaming"), spy("_count_repair")
     # Ascending rows: the top 60 of a 300-column row lie in its last two chunks (32 columns
     # each), which keep at most 12 candidates each (128 slots over 10 chunks).
@@ -263,9 +275,7 @@ def test_chunks_holding_more_top_keys_than_slots_are_searched_again(device, monk
         assert repairs and not fallbacks
 
 
-def test_streaming_fallback_for_rows_beyond_the_chunk_programs(device, monkeypatch, spy):
-    for name, value in SMALL.items():
-        monkeypatch.setattr(kernels, name, value)
+def test_streaming_fallback_for_rows_beyond_the_chunk_programs(device, small_sizes, spy):
     fallbacks = spy("_select_streaming")
     # The view is 64 columns wide (no chunk programs), but the strides reach 500-column rows;
     # and k above the 128 candidate slots.

@@ -34,6 +34,14 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 1 for any other device (the Triton interpreter's CPU)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def requested_backend(backend: str | None) -> str:
     """The backend asked for: the argument, else ``ATTNOPS_BACKEND``, else ``"auto"``."""
     name = backend if backend is not None else os.environ.get("ATTNOPS_BACKEND", "auto")

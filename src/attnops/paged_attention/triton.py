@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnops._common.backend import triton_interpreted
+from attnops._common.backend import sm_count, triton_interpreted
 from attnops._common.fastpath import Launcher, aligned
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
@@ -453,11 +453,6 @@ def _config(
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-@functools.cache
 def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.device) -> int:
     """Tokens per program: the largest of ``_MAX_SPLIT, /2, /4, ...`` (down to ``_MIN_SPLIT``)
     that still gives every SM ``_PROGRAMS_PER_SM`` programs, so that a few sequences fill the GPU.
@@ -466,7 +461,7 @@ def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.d
     """
     if device.type != "cuda":
         return PARTITION_SIZE
-    wanted = _PROGRAMS_PER_SM * _sm_count(device)
+    wanted = _PROGRAMS_PER_SM * sm_count(device)
     split = _MAX_SPLIT
     while split > _MIN_SPLIT and num_seqs * num_kv_heads * triton.cdiv(capacity, split) < wanted:
         split //= 2

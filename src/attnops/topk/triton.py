@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnops._common.backend import triton_interpreted
+from attnops._common.backend import sm_count, triton_interpreted
 from attnops._common.fastpath import Launcher, aligned
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
 from attnops.topk.reference import storage_elements
@@ -47,9 +47,8 @@ _CHUNK = 8192
 # Candidate slots per long row, shared out evenly among its chunks; also the finish kernel's
 # register tile for the candidates. The scratch is num_rows * _CANDIDATES * 8 bytes.
 _CANDIDATES = 4096
-# Keys per step wherever keys are read again in tiles: writing the results and the candidates,
-# the repair and fallback searches, the 0..n-1, -1 rows. (2048 takes the finish kernel from
-# about 64 to about 100 registers a thread on sm_90.)
+# Keys per step wherever keys are read from memory in tiles: the repair and fallback searches,
+# the failing chunks' columns, the 0..n-1, -1 rows.
 _TILE = 1024
 # A chunk keeps at least share + _SLACK_SIGMAS * sqrt(share) + _SLACK_MIN keys, where
 # share = k * chunk length / row length: its expected part of the top k for data in random order.
@@ -61,6 +60,12 @@ _MIN_FILL = 0.75
 # registers a thread on sm_90, so 4 programs fit on an SM and hide each other's reductions.
 _CHUNK_WARPS = 8
 _FINISH_WARPS = 8
+# Launches of at most this many programs per SM write their results from the keys held in
+# registers (one prefix sum over the tile: fastest while programs are latency-bound, at about
+# twice the registers); larger launches read the keys again in tiles of _TILE, which keeps more
+# programs resident per SM (H200: 4096 prefill rows of 8192 took 278 us that way, 580 us from
+# registers; one row of 8192 19.2 us vs 16.4 us).
+_REGISTER_PROGRAMS_PER_SM = 1
 # CUDA's limit on the second grid dimension.
 _MAX_GRID_Y = 65535
 # Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
@@ -178,11 +183,7 @@ def _rank(keys, valid, lo, hi, count_hi, quota, taken_above, taken_equal):
 
 @triton.jit
 def _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE: tl.constexpr, WIDE: tl.constexpr):
-    """Write the columns a search result takes from a row of ``n`` columns to ``out_row[:k]``.
-
-    Reads the row again in tiles of ``TILE`` rather than keeping its keys and their prefix
-    sums in registers: the search's register tile alone sets the kernel's occupancy.
-    """
+    """Write the columns a search result takes from a row of ``n`` columns to ``out_row[:k]``, reading it in tiles."""
     taken_above = n * 0
     taken_equal = n * 0
     for first in range(0, n, TILE):
@@ -213,8 +214,9 @@ def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.con
 
 
 @triton.jit
-def _candidate_slots(info_row, slots, per_chunk, num_chunks, limit):
-    """Which of a long row's candidate ``slots`` hold a candidate of a chunk whose largest left-out key is ``<= limit``.
+def _candidate_slots(info_row, slots, per_chunk, num_chunks):
+    """``(written, left_out)`` for a long row's candidate ``slots``: whether a slot holds a candidate,
+    and the largest key its chunk left out.
 
     Chunk ``c`` wrote the first of its slots ``[c * per_chunk, (c + 1) * per_chunk)``.
     """
@@ -226,7 +228,7 @@ def _candidate_slots(info_row, slots, per_chunk, num_chunks, limit):
     in_chunk = chunk < num_chunks
     written = tl.load(info_row + chunk * 2, mask=in_chunk, other=0)
     left_out = tl.load(info_row + chunk * 2 + 1, mask=in_chunk, other=_KEY_MIN)
-    return in_chunk & (slots - chunk * per_chunk < written) & (left_out <= limit)
+    return in_chunk & (slots - chunk * per_chunk < written), left_out
 
 
 @triton.jit
@@ -253,7 +255,8 @@ def _count_repair(
     counts = tl.zeros((TILE,), tl.int32)
     for first in range(0, CANDIDATES, TILE):
         slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-        valid = _candidate_slots(info_row, slots, per_chunk, num_chunks, kth)
+        written, left_out = _candidate_slots(info_row, slots, per_chunk, num_chunks)
+        valid = written & (left_out <= kth)
         keys = tl.load(cand_keys_row + slots, mask=valid, other=_KEY_MIN)
         counts += (keys >= probe).to(tl.int32)
     for chunk in range(0, num_chunks):
@@ -281,6 +284,7 @@ def _select_candidates(
     CHUNK: tl.constexpr,
     CANDIDATES: tl.constexpr,
     CHUNK_SLOTS: tl.constexpr,
+    IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
     WIDE: tl.constexpr,
 ):
@@ -307,7 +311,7 @@ def _select_candidates(
         per_chunk = CANDIDATES // num_chunks
         cand_row = row.to(tl.int64) * CANDIDATES
         slots = tl.arange(0, CANDIDATES)
-        valid = _candidate_slots(info_row, slots, per_chunk, num_chunks, _KEY_MAX)
+        valid, slot_left_out = _candidate_slots(info_row, slots, per_chunk, num_chunks)
         keys = tl.load(cand_keys_ptr + cand_row + slots, mask=valid, other=_KEY_MIN)
         lo, hi, count_hi = _search(keys, total, k, k)
         # The k-th largest candidate: lo, unless the search ended on a probe taking exactly k.
@@ -328,25 +332,32 @@ def _select_candidates(
         # Write the taken candidates of the chunks that passed, then the failing chunks' columns.
         taken_above = n * 0
         taken_equal = n * 0
-        for first in range(0, CANDIDATES, TILE):
-            tile_slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-            tile_valid = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks, kth)
-            tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
-            take, position, taken_above, taken_equal = _rank(
-                tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
-            )
-            cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=take)
+        if IN_REGISTERS:
+            passed = valid & (slot_left_out <= kth)
+            take, position, taken_above, taken_equal = _rank(keys, passed, lo, hi, count_hi, k - count_hi, 0, 0)
+            cols = tl.load(cand_cols_ptr + cand_row + slots, mask=take)
             tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+        else:
+            for first in range(0, CANDIDATES, TILE):
+                tile_slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
+                tile_written, tile_left_out = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks)
+                tile_valid = tile_written & (tile_left_out <= kth)
+                tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
+                tile_take, tile_position, taken_above, taken_equal = _rank(
+                    tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
+                )
+                cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=tile_take)
+                tl.store(out_row + tile_position.to(tl.int64) * out_stride1, cols, mask=tile_take)
         for chunk in range(0, num_chunks):
             if tl.load(info_row + chunk * 2 + 1) > kth:
                 for first in range(chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), TILE):
-                    cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-                    tile_valid = cols < n
-                    tile_keys = _load_keys(row_ptr, cols, tile_valid, stride1, WIDE)
-                    take, position, taken_above, taken_equal = _rank(
+                    tile_cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
+                    tile_valid = tile_cols < n
+                    tile_keys = _load_keys(row_ptr, tile_cols, tile_valid, stride1, WIDE)
+                    tile_take, tile_position, taken_above, taken_equal = _rank(
                         tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
                     )
-                    tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+                    tl.store(out_row + tile_position.to(tl.int64) * out_stride1, tile_cols, mask=tile_take)
     return done
 
 
@@ -373,6 +384,7 @@ def _chunk_kernel(
     SLACK_SIGMAS: tl.constexpr,
     SLACK_MIN: tl.constexpr,
     MIN_FILL: tl.constexpr,
+    IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
 ):
     """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
@@ -401,19 +413,23 @@ def _chunk_kernel(
         need_lo = tl.maximum(need_lo, (per_chunk * MIN_FILL).to(tl.int32))
         need_lo = tl.minimum(tl.minimum(need_lo, per_chunk), length)
         lo, hi, count_hi = _search(keys, length, need_lo, per_chunk)
-        # Read the chunk again in small tiles to write its candidates (see _emit_row).
         chunk_slots = row.to(tl.int64) * CANDIDATES + chunk * per_chunk
-        taken_above = n * 0
-        taken_equal = n * 0
-        for first in range(chunk * CHUNK, chunk * CHUNK + length, TILE):
-            tile_cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-            tile_valid = tile_cols < n
-            tile_keys = _load_keys(logits_ptr + offset, tile_cols, tile_valid, stride1, WIDE)
-            take, position, taken_above, taken_equal = _rank(
-                tile_keys, tile_valid, lo, hi, count_hi, per_chunk - count_hi, taken_above, taken_equal
-            )
-            tl.store(cand_keys_ptr + chunk_slots + position, tile_keys, mask=take)
-            tl.store(cand_cols_ptr + chunk_slots + position, tile_cols, mask=take)
+        if IN_REGISTERS:
+            take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, per_chunk - count_hi, 0, 0)
+            tl.store(cand_keys_ptr + chunk_slots + position, keys, mask=take)
+            tl.store(cand_cols_ptr + chunk_slots + position, cols, mask=take)
+        else:
+            taken_above = n * 0
+            taken_equal = n * 0
+            for first in range(chunk * CHUNK, chunk * CHUNK + length, TILE):
+                tile_cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
+                tile_valid = tile_cols < n
+                tile_keys = _load_keys(logits_ptr + offset, tile_cols, tile_valid, stride1, WIDE)
+                take, position, taken_above, taken_equal = _rank(
+                    tile_keys, tile_valid, lo, hi, count_hi, per_chunk - count_hi, taken_above, taken_equal
+                )
+                tl.store(cand_keys_ptr + chunk_slots + position, tile_keys, mask=take)
+                tl.store(cand_cols_ptr + chunk_slots + position, tile_cols, mask=take)
         accepted = lo == hi
         info = chunk_info_ptr + (row.to(tl.int64) * tl.num_programs(1) + chunk) * 2
         tl.store(info, tl.where(accepted, count_hi, per_chunk))
@@ -448,6 +464,7 @@ def _finish_kernel(
     CANDIDATES: tl.constexpr,
     CHUNK_SLOTS: tl.constexpr,
     HAS_CANDIDATES: tl.constexpr,
+    IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
 ):
     """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
@@ -466,13 +483,17 @@ def _finish_kernel(
         valid = cols < n
         keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
         lo, hi, count_hi = _search(keys, n, k, k)
-        _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE, WIDE)
+        if IN_REGISTERS:
+            take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
+            tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+        else:
+            _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE, WIDE)
     else:
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
             done = _select_candidates(
                 row_ptr, stride1, cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k,
-                out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, TILE, WIDE,
+                out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, IN_REGISTERS, TILE, WIDE,
             )  # fmt: skip
         if done == 0:
             _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE, WIDE)
@@ -490,6 +511,11 @@ def _launch_key(args: tuple, params: dict[str, object]) -> tuple | None:
     tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
     values = tuple(arg.dtype if isinstance(arg, torch.Tensor) else arg for arg in args)
     return values, aligned(*tensors), tuple(params.items())
+
+
+def _in_registers(programs: int, device: torch.device) -> bool:
+    """Whether a launch of ``programs`` programs writes its results from registers (``_REGISTER_PROGRAMS_PER_SM``)."""
+    return programs <= _REGISTER_PROGRAMS_PER_SM * sm_count(device)
 
 
 def _launch(
@@ -528,8 +554,8 @@ def _launch(
         chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
         args = (logits, *bounds, cand_keys, cand_cols, chunk_info)
         params = dict(
-            **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL, TILE=_TILE,
-            num_warps=_CHUNK_WARPS,
+            **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
+            IN_REGISTERS=_in_registers(num_rows * chunk_programs, logits.device), TILE=_TILE, num_warps=_CHUNK_WARPS,
         )  # fmt: skip
         _chunk_launcher.launch(
             _launch_key(args, params), (num_rows, chunk_programs), args, lambda: params, logits.device
@@ -540,7 +566,7 @@ def _launch(
     args = (logits, *bounds, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info, chunk_programs)
     params = dict(
         **flags, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)), HAS_CANDIDATES=chunk_programs > 0,
-        TILE=_TILE, num_warps=_FINISH_WARPS,
+        IN_REGISTERS=_in_registers(num_rows, logits.device), TILE=_TILE, num_warps=_FINISH_WARPS,
     )  # fmt: skip
     _finish_launcher.launch(_launch_key(args, params), (num_rows,), args, lambda: params, logits.device)
 
