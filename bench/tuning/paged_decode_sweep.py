@@ -1,10 +1,14 @@
 """Launch-parameter sweep of the Triton paged-decode kernels (run on a GPU machine).
 
-PYTHONPATH=src python bench/tuning/paged_decode_sweep.py [--quick]
+PYTHONPATH=src python bench/tuning/paged_decode_sweep.py [--quick | --small]
 Times paged_attention_v1 and v2 (bf16, 32 q / 8 kv heads, head 128, block 16) with do_bench
 (L2 flushed, median) over the module constants of attnops.paged_attention.triton (tile tokens,
 warps, stages, programs per SM for the device-aware split) and prints µs and % of the measured
 copy bandwidth, best first per shape; then the SPEC §3 grid at the current defaults.
+The first sweep's shapes split by whole partitions. ``--small`` sweeps the small-batch cells
+instead (splits below a partition, with their own tile and stage constants), v1 only, timed by
+CUDA-graph replay (their eager calls cost more host time than GPU time, which do_bench would
+measure).
 """
 
 import itertools
@@ -15,9 +19,10 @@ import triton.testing
 from workloads import decode_calls
 
 from attnops.bench.bandwidth import measure_peak_bandwidth
+from attnops.bench.timing import time_cuda_graph
 from attnops.paged_attention import triton as kernels
 
-SWEEP_SHAPES = [(1, 16384), (32, 4096), (128, 4096)]
+SWEEP_SHAPES = [(8, 16384), (32, 4096), (128, 4096)]
 GRID = [(s, c) for s in (1, 8, 32, 128) for c in (1024, 4096, 16384)]
 SPACE = {
     "_TILE_TOKENS": (32, 64, 128),
@@ -25,6 +30,13 @@ SPACE = {
     "_NUM_STAGES": (1, 2, 3),
     "_PROGRAMS_PER_SM": (4, 8),
     "_MAX_SPLIT": (256, 512),
+}
+SMALL_SHAPES = [(1, 4096), (1, 16384), (8, 1024), (8, 4096), (32, 1024)]
+SMALL_SPACE = {
+    "_SMALL_SPLIT_TILE_TOKENS": (32, 64),
+    "_NUM_WARPS": (1, 2, 4),
+    "_SMALL_SPLIT_STAGES": (1, 2, 3),
+    "_PROGRAMS_PER_SM": (4, 8, 16),
 }
 QUICK_SPACE = {"_TILE_TOKENS": (64,), "_NUM_WARPS": (1,), "_NUM_STAGES": (2,),
                "_PROGRAMS_PER_SM": (4,), "_MAX_SPLIT": (512,)}  # fmt: skip
@@ -47,7 +59,32 @@ def _time(call) -> float:
         return float("inf")
 
 
+def _graph_time(call) -> float:
+    try:
+        return time_cuda_graph(call, budget_ms=30).median_us
+    except Exception:  # a configuration out of registers or shared memory
+        return float("inf")
+
+
+def small_cells() -> None:
+    defaults = {name: getattr(kernels, name) for name in SMALL_SPACE}
+    for num_seqs, context in SMALL_SHAPES:
+        v1, _, nbytes = decode_calls(num_seqs, context)
+        rows = []
+        for values in itertools.product(*SMALL_SPACE.values()):
+            _set(dict(zip(SMALL_SPACE, values, strict=True)))
+            rows.append((_graph_time(v1), values))
+        _set(defaults)
+        now = _graph_time(v1)
+        print(f"seqs={num_seqs} ctx={context} v1 graph replay, defaults {now:.1f} us  ({', '.join(SMALL_SPACE)})")
+        for t1, values in sorted(rows)[:6]:
+            print(f"  {t1:8.1f} us {nbytes / t1 / 1e3:6.0f} GB/s  {values}", flush=True)
+
+
 def main() -> None:
+    if "--small" in sys.argv[1:]:
+        small_cells()
+        return
     quick = "--quick" in sys.argv[1:]
     peak = measure_peak_bandwidth(torch.device("cuda"), nbytes=1 << 30, budget_ms=100).gbps
     print(f"{torch.cuda.get_device_name()} copy peak {peak:.0f} GB/s")

@@ -45,6 +45,13 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 _TILE_TOKENS = 64
 _NUM_WARPS = 1
 _NUM_STAGES = 2
+# Splits below a partition (the device-aware split shrank it: a small batch) take tiles of 32
+# tokens and one stage, for more resident programs (sweep by CUDA-graph replay, H200,
+# `paged_decode_sweep.py --small`: 1x16384 35.1 -> 32.5 us, 8x4096 55.0 -> 50.0 us, 32x1024
+# 55.8 -> 51.5 us, 1x4096 15.8 -> 14.8 us); whole partitions keep the tiles above (tile 32 was
+# slower at 32x4096 and 128x4096).
+_SMALL_SPLIT_TILE_TOKENS = 32
+_SMALL_SPLIT_STAGES = 1
 _NARROW_ROW_BYTES = 256
 _WIDE_ROW_WARPS = 4
 # Shared memory the pipeline stages of K and V tiles may use (fp32 head 256 takes one stage).
@@ -420,23 +427,31 @@ _reduce_launcher = Launcher(_reduce_kernel)
 
 @functools.cache
 def _config(
-    num_heads: int, num_kv_heads: int, head_size: int, block_size: int, dtype: torch.dtype, interpreted: bool
+    num_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    block_size: int,
+    dtype: torch.dtype,
+    interpreted: bool,
+    small_split: bool,
 ) -> dict[str, object]:
     """The partition kernel's shape constexprs and launch options.
 
     GQA groups run their two products on tensor cores (``tl.dot`` needs 16 rows: the group is
     padded), in the query dtype for fp16/bf16 on the GPU (the CPU interpreter's half-precision
     ``tl.dot`` is unreliable, so there they run in fp32); a single head per kv head uses broadcast
-    products. Tiles hold ``_TILE_TOKENS`` tokens (at least one whole cache block). Rows wider
-    than ``_NARROW_ROW_BYTES`` get ``_WIDE_ROW_WARPS`` warps, and a single stage when two stages
-    of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
+    products. Tiles hold ``_TILE_TOKENS`` tokens (``_SMALL_SPLIT_TILE_TOKENS`` with
+    ``_SMALL_SPLIT_STAGES`` for a ``small_split``, below a partition), at least one whole cache
+    block. Rows wider than ``_NARROW_ROW_BYTES`` get ``_WIDE_ROW_WARPS`` warps, and a single stage
+    when two stages of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
     head_pad = triton.next_power_of_2(head_size)
-    tile = max(block_size, _TILE_TOKENS)
+    tile = max(block_size, _SMALL_SPLIT_TILE_TOKENS if small_split else _TILE_TOKENS)
     row_bytes = head_pad * dtype.itemsize
-    stages = _NUM_STAGES if _NUM_STAGES * 2 * tile * row_bytes <= _STAGE_BYTES else 1
+    wanted_stages = _SMALL_SPLIT_STAGES if small_split else _NUM_STAGES
+    stages = wanted_stages if wanted_stages * 2 * tile * row_bytes <= _STAGE_BYTES else 1
     return {
         "HEADS_PER_KV": heads_per_kv,
         "GROUP_PAD": max(16, triton.next_power_of_2(heads_per_kv)) if use_dot else 1,
@@ -514,7 +529,7 @@ def _partition(
         return dict(
             BLOCK_SIZE=block_size, X=key_cache.shape[4], SPLIT=split, FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
             SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct, WRITE_LSE=lse is not None,
-            **_config(*shape),
+            **_config(*shape, split < PARTITION_SIZE),
         )  # fmt: skip
 
     _partition_launcher.launch(
