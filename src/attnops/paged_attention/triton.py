@@ -46,10 +46,10 @@ _TILE_TOKENS = 64
 _NUM_WARPS = 1
 _NUM_STAGES = 2
 # Splits below a partition (the device-aware split shrank it: a small batch) take tiles of 32
-# tokens and one stage, for more resident programs (sweep by CUDA-graph replay, H200,
-# `paged_decode_sweep.py --small`: 1x16384 35.1 -> 32.5 us, 8x4096 55.0 -> 50.0 us, 32x1024
-# 55.8 -> 51.5 us, 1x4096 15.8 -> 14.8 us); whole partitions keep the tiles above (tile 32 was
-# slower at 32x4096 and 128x4096).
+# tokens and one stage when the launch has at least one program per SM, for more resident
+# programs (sweep by CUDA-graph replay, H200, `paged_decode_sweep.py --small`: 1x16384 35.1 ->
+# 32.5 us, 8x4096 55.0 -> 50.0 us, 32x1024 55.8 -> 51.5 us, 1x4096 15.8 -> 14.8 us); whole
+# partitions keep the tiles above (tile 32 was slower at 32x4096 and 128x4096).
 _SMALL_SPLIT_TILE_TOKENS = 32
 _SMALL_SPLIT_STAGES = 1
 _NARROW_ROW_BYTES = 256
@@ -523,13 +523,17 @@ def _partition(
         pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
     )  # fmt: skip
     shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
-    flags = (key_cache.shape[4], split, fp8, sparse is not None)
+    # Fewer programs than SMs (one short sequence) are latency-bound each: they keep the
+    # pipelined 64-token tiles (1x1024: 11.6 us vs 13.3 us with the small-split tiles).
+    programs = num_kv_heads * num_seqs * num_splits
+    small_split = split < PARTITION_SIZE and programs >= sm_count(query.device)
+    flags = (key_cache.shape[4], split, fp8, sparse is not None, small_split)
 
     def constexprs() -> dict[str, object]:
         return dict(
             BLOCK_SIZE=block_size, X=key_cache.shape[4], SPLIT=split, FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
             SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct, WRITE_LSE=lse is not None,
-            **_config(*shape, split < PARTITION_SIZE),
+            **_config(*shape, small_split),
         )  # fmt: skip
 
     _partition_launcher.launch(
