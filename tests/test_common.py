@@ -97,3 +97,7 @@ def test_fp8_round_trip_saturates(kind, limit):
 
 def test_x_is_16_bytes_of_elements():
     assert [x_for(d) for d in (torch.float32, torch.bfloat16, torch.uint8)] == [4, 8, 16]
+
+
+def test_sm_count_is_one_off_cuda():
+    assert backend_mod.sm_count(torch.device("cpu")) == 1
