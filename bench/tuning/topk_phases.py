@@ -38,7 +38,9 @@ def _phases(logits, out, n, k, VARIANT: tl.constexpr, ROW: tl.constexpr, TILE: t
         if VARIANT == 2:
             tl.store(out_row, lo.to(tl.int32))
         elif VARIANT == 3:
-            kernels._emit_row(row_ptr, n, 1, lo, hi, count_hi, k, out_row, 1, TILE, False)
+            kernels._emit_tiles(
+                row_ptr, 0, n, 1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, out_row, out_row, 1, TILE, False, False
+            )
         else:
             take, position, _, _ = kernels._rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
             tl.store(out_row + position, cols, mask=take)

@@ -182,18 +182,26 @@ def _rank(keys, valid, lo, hi, count_hi, quota, taken_above, taken_equal):
 
 
 @triton.jit
-def _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE: tl.constexpr, WIDE: tl.constexpr):
-    """Write the columns a search result takes from a row of ``n`` columns to ``out_row[:k]``, reading it in tiles."""
-    taken_above = n * 0
-    taken_equal = n * 0
-    for first in range(0, n, TILE):
+def _emit_tiles(
+    row_ptr, start, stop, stride1, lo, hi, count_hi, quota, taken_above, taken_equal, out_cols, out_keys, out_stride,
+    TILE: tl.constexpr, WIDE: tl.constexpr, WRITE_KEYS: tl.constexpr,
+):  # fmt: skip
+    """Write the columns in ``[start, stop)`` that a search result takes, reading them in tiles of ``TILE``.
+
+    See :func:`_rank` for ``quota`` and the running counts ``taken_above``/``taken_equal``
+    (returned updated). A column taken at position ``p`` goes to ``out_cols[p * out_stride]``,
+    with ``WRITE_KEYS`` its key to ``out_keys[p * out_stride]``.
+    """
+    for first in range(start, stop, TILE):
         cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-        valid = cols < n
+        valid = cols < stop
         keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
-        take, position, taken_above, taken_equal = _rank(
-            keys, valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
-        )
-        tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+        take, position, taken_above, taken_equal = _rank(keys, valid, lo, hi, count_hi, quota, taken_above, taken_equal)
+        offsets = position.to(tl.int64) * out_stride
+        tl.store(out_cols + offsets, cols, mask=take)
+        if WRITE_KEYS:
+            tl.store(out_keys + offsets, keys, mask=take)
+    return taken_above, taken_equal
 
 
 @triton.jit
@@ -210,7 +218,10 @@ def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.con
             keys = _load_keys(row_ptr, cols, cols < n, stride1, WIDE)
             counts += (keys >= probe).to(tl.int32)
         lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, tl.sum(counts, axis=0), k, k)
-    _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE, WIDE)
+    _emit_tiles(
+        row_ptr, 0, n, stride1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, out_row, out_row, out_stride1, TILE,
+        WIDE, False,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -350,14 +361,10 @@ def _select_candidates(
                 tl.store(out_row + tile_position.to(tl.int64) * out_stride1, cols, mask=tile_take)
         for chunk in range(0, num_chunks):
             if tl.load(info_row + chunk * 2 + 1) > kth:
-                for first in range(chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), TILE):
-                    tile_cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-                    tile_valid = tile_cols < n
-                    tile_keys = _load_keys(row_ptr, tile_cols, tile_valid, stride1, WIDE)
-                    tile_take, tile_position, taken_above, taken_equal = _rank(
-                        tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
-                    )
-                    tl.store(out_row + tile_position.to(tl.int64) * out_stride1, tile_cols, mask=tile_take)
+                taken_above, taken_equal = _emit_tiles(
+                    row_ptr, chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), stride1, lo, hi, count_hi,
+                    k - count_hi, taken_above, taken_equal, out_row, out_row, out_stride1, TILE, WIDE, False,
+                )  # fmt: skip
     return done
 
 
@@ -419,17 +426,11 @@ def _chunk_kernel(
             tl.store(cand_keys_ptr + chunk_slots + position, keys, mask=take)
             tl.store(cand_cols_ptr + chunk_slots + position, cols, mask=take)
         else:
-            taken_above = n * 0
-            taken_equal = n * 0
-            for first in range(chunk * CHUNK, chunk * CHUNK + length, TILE):
-                tile_cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
-                tile_valid = tile_cols < n
-                tile_keys = _load_keys(logits_ptr + offset, tile_cols, tile_valid, stride1, WIDE)
-                take, position, taken_above, taken_equal = _rank(
-                    tile_keys, tile_valid, lo, hi, count_hi, per_chunk - count_hi, taken_above, taken_equal
-                )
-                tl.store(cand_keys_ptr + chunk_slots + position, tile_keys, mask=take)
-                tl.store(cand_cols_ptr + chunk_slots + position, tile_cols, mask=take)
+            _emit_tiles(
+                logits_ptr + offset, chunk * CHUNK, chunk * CHUNK + length, stride1, lo, hi, count_hi,
+                per_chunk - count_hi, n * 0, n * 0, cand_cols_ptr + chunk_slots, cand_keys_ptr + chunk_slots, 1,
+                TILE, WIDE, True,
+            )  # fmt: skip
         accepted = lo == hi
         info = chunk_info_ptr + (row.to(tl.int64) * tl.num_programs(1) + chunk) * 2
         tl.store(info, tl.where(accepted, count_hi, per_chunk))
@@ -487,7 +488,10 @@ def _finish_kernel(
             take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
             tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
         else:
-            _emit_row(row_ptr, n, stride1, lo, hi, count_hi, k, out_row, out_stride1, TILE, WIDE)
+            _emit_tiles(
+                row_ptr, 0, n, stride1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, out_row, out_row,
+                out_stride1, TILE, WIDE, False,
+            )  # fmt: skip
     else:
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
