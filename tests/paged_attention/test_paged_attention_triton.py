@@ -88,8 +88,19 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["many", "few"])
+def programs(request, monkeypatch):
+    """Both launch configurations: 32-token tiles for launches of many programs (on the CPU, every
+    launch has one per "SM"), and the 64-token tiles of launches with fewer programs than SMs."""
+    from attnops.paged_attention import triton as kernels
+
+    if request.param == "few":
+        monkeypatch.setattr(kernels, "_many_programs", lambda programs, device: False)
+    return request.param
+
+
 @pytest.mark.parametrize(("head_size", "block_size", "dtype", "num_heads", "num_kv_heads", "kv", "alibi"), CASES)
-def test_v1_and_decode_match_torch(device, head_size, block_size, dtype, num_heads, num_kv_heads, kv, alibi):
+def test_v1_and_decode_match_torch(device, programs, head_size, block_size, dtype, num_heads, num_kv_heads, kv, alibi):
     cache, query, slopes = setup(device, LENS, num_heads, num_kv_heads, head_size, block_size, dtype, kv, alibi)
     close(run_v1("triton", cache, query, slopes), run_v1("torch", cache, query, slopes), dtype)
     out, lse = run_decode("triton", cache, query, slopes)
@@ -176,6 +187,53 @@ def test_split_size_is_a_parameter(device):
     close(lse, expected_lse, torch.float32)
 
 
+@pytest.mark.parametrize(
+    ("pairs", "capacity", "slots", "split"),
+    [
+        (64, 16384, 1056, 1024),  # 8 x 16384 on 132 SMs x 8: one full wave, not two of 512
+        (256, 4096, 1056, 1024),
+        (1024, 1024, 1056, 1024),  # one split: no reduction
+        (64, 4096, 1056, 256),
+        (8, 16384, 1056, 128),
+        (1024, 16384, 1056, 2048),  # capped at _MAX_WAVE_SPLIT
+        (4, 40, 1056, 64),  # a capacity below the smallest split
+    ],
+)
+def test_wave_split(pairs, capacity, slots, split):
+    from attnops.paged_attention import triton as kernels
+
+    assert kernels._wave_split(pairs, capacity, slots) == split
+
+
+def test_wave_split_counts_whole_waves():
+    from attnops.paged_attention import triton as kernels
+
+    # 8 x 16384: 768 tokens give 1408 programs, 1.33 waves of 1056 slots: two waves, slower than
+    # 1024 tokens in one.
+    waves = {split: -(-64 * -(-16384 // split) // 1056) for split in (768, 1024)}
+    assert waves == {768: 2, 1024: 1}
+    assert kernels._wave_split(64, 16384, 1056) == 1024
+
+
+@pytest.mark.parametrize(("op", "split"), [("v1", 24), ("decode", 0), ("v2", 48), ("v2", 1024)])
+def test_bad_split_is_refused_before_any_write(device, op, split):
+    from attnops.paged_attention import triton as kernels
+
+    cache, query, slopes = setup(device, [5, 40], 4, 2, 32, 16, torch.float32)
+    args = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.125, slopes, "auto")
+    out = torch.full_like(query, float("nan"))
+    with pytest.raises(ValueError, match="split"):
+        if op == "v1":
+            kernels.paged_attention_v1(out, *args, cache.k_scale, cache.v_scale, None, split=split)
+        elif op == "decode":
+            kernels.paged_decode(*args, cache.k_scale, cache.v_scale, split=split)
+        else:
+            stats = torch.full((2, 2, 4, 1), float("nan"), device=device)
+            tmp = torch.full((2, 4, 1, 32), float("nan"), device=device)
+            kernels.paged_attention_v2(out, stats[0], stats[1], tmp, *args, cache.k_scale, cache.v_scale, None, split)
+    assert out.isnan().all()
+
+
 @pytest.mark.parametrize("reduce_tile", [2, 4])
 def test_reduction_in_several_steps(device, monkeypatch, reduce_tile):
     # Long rows reduce their splits in steps of _REDUCE_TILE with a running max; force several
@@ -227,6 +285,20 @@ def test_long_bf16_on_gpu(device, num_heads, num_kv_heads):
     expected_out, expected_lse = run_decode("torch", cache, query, slopes)
     close(out, expected_out, torch.bfloat16)
     close(lse, expected_lse, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@gpu
+def test_resident_programs_from_the_driver(device):
+    from attnops.paged_attention import triton as kernels
+
+    cache, query, _ = setup(device, [4096] * 2, 32, 8, 128, 16, torch.bfloat16)
+    inputs = kernels._Inputs(
+        query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1, None, "auto",
+        cache.k_scale, cache.v_scale, None,
+    )  # fmt: skip
+    # One-warp programs of ~255 registers a thread: the register file holds 8 (sm_90).
+    assert 1 <= kernels._resident_programs(inputs) <= 32
 
 
 @pytest.mark.gpu

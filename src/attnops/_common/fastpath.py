@@ -11,6 +11,7 @@ checks (``ATTNOPS_CHECK=1``), CPU tensors and fake tensors always take the full 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -91,6 +92,20 @@ class Launcher:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.compiled: dict[tuple, tuple[Any, tuple, tuple[int, ...]]] = {}
+        self.residents: dict[tuple, int] = {}
+
+    def resident(self, key: tuple, args: tuple, constexprs: dict[str, Any], device: torch.device) -> int:
+        """Programs of the kernel that ``args`` and ``constexprs`` specialise one SM runs at once.
+
+        Compiles the kernel without launching it (Triton's warm-up; ``args`` may hold a torch dtype
+        in place of a tensor) and asks the driver's occupancy calculator; kept per ``key``, which
+        must determine the specialisation as :meth:`launch`'s does.
+        """
+        if key not in self.residents:
+            with torch.cuda.device(device):
+                compiled = self.kernel.warmup(*args, grid=(1,), **constexprs)
+                self.residents[key] = _resident_blocks(compiled)
+        return self.residents[key]
 
     def launch(
         self,
@@ -121,6 +136,27 @@ class Launcher:
             if len(self.compiled) >= _MAX_ENTRIES:
                 self.compiled.clear()
             self.compiled[key] = (compiled, tail, tensors)
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def _resident_blocks(compiled: Any) -> int:
+    """Blocks of a compiled Triton kernel one SM holds at once (``cuOccupancyMaxActiveBlocksPerMultiprocessor``)."""
+    # Loading the module sets the function handle and its dynamic shared-memory limit.
+    compiled._init_handles()
+    blocks = ctypes.c_int()
+    status = _driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(
+        ctypes.byref(blocks),
+        ctypes.c_void_p(compiled.function),
+        ctypes.c_int(32 * compiled.metadata.num_warps),
+        ctypes.c_size_t(compiled.metadata.shared),
+    )
+    if status != 0:
+        raise RuntimeError(f"cuOccupancyMaxActiveBlocksPerMultiprocessor failed: CUDA error {status}")
+    return blocks.value
 
 
 def aligned(*tensors: torch.Tensor | None) -> tuple[bool, ...]:

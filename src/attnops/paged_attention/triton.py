@@ -2,21 +2,23 @@
 
 Both kernels read vLLM's cache layouts in place:
 
-1. :func:`_partition_kernel`, one program per (kv head, sequence, split of ``SPLIT`` tokens). It
+1. :func:`_partition_kernel`, one program per (kv head, sequence, split of ``split_size`` tokens). It
    serves every query head of its GQA group at once (a ``[GROUP_PAD, HEAD_PAD]`` query tile), so
    each K/V byte is read once per kv head, and walks its split in tiles of ``TILE`` tokens
    (gathered through the block table) with an online softmax in fp32. GQA groups multiply on
    tensor cores (``tl.dot``, the group padded to 16 rows); one head per kv head uses broadcast
    products. It writes the split's ``(max logit, exp sum, output / (exp sum + 1e-6))``: vLLM's v2
-   partition statistics, whose partition is the split (``SPLIT = PARTITION_SIZE``). Programs past
+   partition statistics, whose partition is the split (``split_size = PARTITION_SIZE``). Programs past
    their sequence's end exit without writing.
 2. :func:`_reduce_kernel`, one program per (sequence, query head): vLLM's v2 reduction of the
    splits (a one-split sequence copies its split output) and the log-sum-exp.
 
-The split is device-aware (:func:`_auto_split`): ``PARTITION_SIZE`` tokens, or fewer where a few
-sequences would leave SMs idle; v2 then computes each partition as sub-splits whose statistics the
-reduction folds into the partition's. When the block table holds a single split, the partition
-kernel writes the result itself and the reduction is skipped.
+The split is device-aware: ``PARTITION_SIZE`` tokens, or fewer where a few sequences would leave
+SMs idle (:func:`_auto_split`); v2 then computes each partition as sub-splits whose statistics the
+reduction folds into the partition's. v1 and ``paged_decode`` launches of many programs take the
+split that packs them into whole waves of resident programs (:func:`_wave_split`). When the block
+table holds a single split, the partition kernel writes the result itself and the reduction is
+skipped.
 Grid sizes come from tensor shapes only (no host synchronisation), so the calls can be captured
 in CUDA graphs.
 """
@@ -24,6 +26,8 @@ in CUDA graphs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import triton
@@ -45,13 +49,13 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 _TILE_TOKENS = 64
 _NUM_WARPS = 1
 _NUM_STAGES = 2
-# Splits below a partition (the device-aware split shrank it: a small batch) take tiles of 32
-# tokens and one stage when the launch has at least one program per SM, for more resident
-# programs (sweep by CUDA-graph replay, H200, `paged_decode_sweep.py --small`: 1x16384 35.1 ->
-# 32.5 us, 8x4096 55.0 -> 50.0 us, 32x1024 55.8 -> 51.5 us, 1x4096 15.8 -> 14.8 us); whole
-# partitions keep the tiles above (tile 32 was slower at 32x4096 and 128x4096).
-_SMALL_SPLIT_TILE_TOKENS = 32
-_SMALL_SPLIT_STAGES = 1
+# Launches of at least one program per SM take tiles of 32 tokens and one stage: eight resident
+# one-warp programs per SM instead of six (CUDA-graph replay, H200, head 128 bf16,
+# `paged_split_sweep.py`: 8x16384 at whole partitions 156.3 -> 145.5 us, 1x16384 35.1 -> 32.5 us,
+# 8x4096 55.0 -> 50.0 us). Fewer programs (one short sequence) are latency-bound each and keep
+# the pipelined 64-token tiles (1x1024: 11.6 us vs 13.3 us).
+_MANY_TILE_TOKENS = 32
+_MANY_STAGES = 1
 _NARROW_ROW_BYTES = 256
 _WIDE_ROW_WARPS = 4
 # Shared memory the pipeline stages of K and V tiles may use (fp32 head 256 takes one stage).
@@ -60,6 +64,14 @@ _STAGE_BYTES = 128 * 1024
 _PROGRAMS_PER_SM = 4
 _MIN_SPLIT = 64
 _MAX_SPLIT = PARTITION_SIZE
+# Whole-wave splits (v1, paged_decode): multiples of _MIN_SPLIT up to _MAX_WAVE_SPLIT tokens. A
+# launch whose programs fill a fraction of their last wave leaves SMs idle for that wave (H200,
+# 8x16384, 8 resident programs an SM: split 768 in 1.33 waves 176 us, 1024 in 0.97 waves 142 us);
+# the cap bounds the time one long sequence of a ragged batch spends in a single program. A
+# program's fixed cost (query load, statistics written, one more split to reduce) counts as
+# _PROGRAM_COST_TOKENS tokens.
+_MAX_WAVE_SPLIT = 2048
+_PROGRAM_COST_TOKENS = 32
 # The reference's constants, as Triton needs globals used in kernels to be constexpr.
 _FLT_MAX = tl.constexpr(FLT_MAX)
 _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
@@ -224,6 +236,7 @@ def _partition_kernel(
     num_heads,
     num_kv_heads,
     num_splits,
+    split_size,
     sparse_local_blocks,
     sparse_vert_stride,
     sparse_block_size,
@@ -235,7 +248,6 @@ def _partition_kernel(
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     X: tl.constexpr,
-    SPLIT: tl.constexpr,
     TILE: tl.constexpr,
     FP8: tl.constexpr,
     HAS_ALIBI: tl.constexpr,
@@ -254,12 +266,12 @@ def _partition_kernel(
     seq = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + seq)
-    start = split * SPLIT
+    start = split * split_size
     # With one split, empty sequences still write their zero rows (and -inf lse).
     if not DIRECT:  # noqa: SIM102 - a constexpr test, kept apart from the runtime one
         if start >= seq_len:
             return
-    end = tl.minimum(start + SPLIT, seq_len)
+    end = tl.minimum(start + split_size, seq_len)
 
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_PAD)
@@ -286,9 +298,9 @@ def _partition_kernel(
             (sparse_tp_rank * num_heads + heads) * step + 1,
             (sparse_tp_rank * num_kv_heads + kv_head) * -step + 1,
         )
-    # Tiles are whole cache blocks, and every split starts at a block boundary.
+    # Tiles are whole cache blocks, and every split starts at a block boundary (split_size is a
+    # multiple of BLOCK_SIZE, checked on the host).
     tl.static_assert(TILE % BLOCK_SIZE == 0)
-    tl.static_assert(SPLIT % BLOCK_SIZE == 0)
     tl.static_assert(HEAD_SIZE % X == 0)
     k_base = key_cache + kv_head * k_stride_head
     v_base = value_cache + kv_head * v_stride_head
@@ -348,9 +360,9 @@ def _reduce_kernel(
     num_heads,
     num_splits,
     num_partitions,
+    split_size,
     HEAD_SIZE: tl.constexpr,
     HEAD_PAD: tl.constexpr,
-    SPLIT: tl.constexpr,
     REDUCE_TILE: tl.constexpr,
     SUB: tl.constexpr,
     WRITE_LSE: tl.constexpr,
@@ -365,7 +377,7 @@ def _reduce_kernel(
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    count = tl.cdiv(tl.load(seq_lens + seq), SPLIT)
+    count = tl.cdiv(tl.load(seq_lens + seq), split_size)
     row = (seq * num_heads + head).to(tl.int64)
     base = row * num_splits
     p = tl.arange(0, REDUCE_TILE)
@@ -433,24 +445,24 @@ def _config(
     block_size: int,
     dtype: torch.dtype,
     interpreted: bool,
-    small_split: bool,
+    many: bool,
 ) -> dict[str, object]:
     """The partition kernel's shape constexprs and launch options.
 
     GQA groups run their two products on tensor cores (``tl.dot`` needs 16 rows: the group is
     padded), in the query dtype for fp16/bf16 on the GPU (the CPU interpreter's half-precision
     ``tl.dot`` is unreliable, so there they run in fp32); a single head per kv head uses broadcast
-    products. Tiles hold ``_TILE_TOKENS`` tokens (``_SMALL_SPLIT_TILE_TOKENS`` with
-    ``_SMALL_SPLIT_STAGES`` for a ``small_split``, below a partition), at least one whole cache
-    block. Rows wider than ``_NARROW_ROW_BYTES`` get ``_WIDE_ROW_WARPS`` warps, and a single stage
-    when two stages of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
+    products. Tiles hold ``_TILE_TOKENS`` tokens (``_MANY_TILE_TOKENS`` with ``_MANY_STAGES`` for
+    a launch of ``many`` programs, at least one per SM), at least one whole cache block. Rows wider
+    than ``_NARROW_ROW_BYTES`` get ``_WIDE_ROW_WARPS`` warps, and a single stage when two stages
+    of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
     head_pad = triton.next_power_of_2(head_size)
-    tile = max(block_size, _SMALL_SPLIT_TILE_TOKENS if small_split else _TILE_TOKENS)
+    tile = max(block_size, _MANY_TILE_TOKENS if many else _TILE_TOKENS)
     row_bytes = head_pad * dtype.itemsize
-    wanted_stages = _SMALL_SPLIT_STAGES if small_split else _NUM_STAGES
+    wanted_stages = _MANY_STAGES if many else _NUM_STAGES
     stages = wanted_stages if wanted_stages * 2 * tile * row_bytes <= _STAGE_BYTES else 1
     return {
         "HEADS_PER_KV": heads_per_kv,
@@ -483,63 +495,120 @@ def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.d
     return split
 
 
-def _partition(
-    out: torch.Tensor,
+def _check_split(split: int | None, block_size: int, partitions: bool) -> None:
+    """A caller's split must hold whole cache blocks (and, for v2, divide a partition)."""
+    if split is None:
+        return
+    if split <= 0 or split % block_size or (partitions and PARTITION_SIZE % split):
+        within = f" dividing {PARTITION_SIZE}" if partitions else ""
+        raise ValueError(f"split: expected a positive multiple of the block size {block_size}{within}, got {split}")
+
+
+def _many_programs(programs: int, device: torch.device) -> bool:
+    """Whether a launch of ``programs`` partition programs has at least one per SM."""
+    return programs >= sm_count(device)
+
+
+@functools.cache
+def _wave_split(pairs: int, capacity: int, slots: int) -> int:
+    """Tokens per program of a launch over ``pairs`` (sequence, kv head) pairs when ``slots``
+    programs run at once: the multiple of ``_MIN_SPLIT`` up to ``_MAX_WAVE_SPLIT`` that minimises
+    waves x (split + ``_PROGRAM_COST_TOKENS``), the finish time of the last wave; ties go to the
+    larger split (fewer programs).
+    """
+    largest = min(_MAX_WAVE_SPLIT, triton.cdiv(capacity, _MIN_SPLIT) * _MIN_SPLIT)
+    best, best_cost = _MIN_SPLIT, None
+    for split in range(_MIN_SPLIT, largest + 1, _MIN_SPLIT):
+        waves = triton.cdiv(pairs * triton.cdiv(capacity, split), slots)
+        cost = waves * (split + _PROGRAM_COST_TOKENS)
+        if best_cost is None or cost <= best_cost:
+            best, best_cost = split, cost
+    return best
+
+
+class _Inputs(NamedTuple):
+    """The attention inputs every partition launch of one call shares."""
+
+    query: torch.Tensor
+    key_cache: torch.Tensor
+    value_cache: torch.Tensor
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+    scale: float
+    alibi_slopes: torch.Tensor | None
+    kv_cache_dtype: str
+    k_scale: torch.Tensor
+    v_scale: torch.Tensor
+    sparse: BlockSparse | None
+
+
+def _partition_launch(
+    out: torch.Tensor | None,
     lse: torch.Tensor | None,
-    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    stats: tuple[torch.Tensor | torch.dtype, ...] | None,
     tmp_out: torch.Tensor | None,
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
-    alibi_slopes: torch.Tensor | None,
-    kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
-    sparse: BlockSparse | None,
+    inputs: _Inputs,
     split: int,
     num_splits: int,
-) -> None:
-    """Launches :func:`_partition_kernel` over (kv head, sequence, split): into ``stats`` (max
-    logits, exp sums, fp32 outputs), or straight into ``out`` (and ``lse``) when ``stats`` is
-    ``None`` (one split)."""
-    num_seqs, num_heads, head_size = query.shape
+    many: bool,
+) -> tuple[tuple, tuple, tuple, Callable[[], dict[str, object]]]:
+    """:func:`_partition_kernel`'s launch as ``(shape and flags, pointers, args, constexprs)``:
+    into ``stats`` (max logits, exp sums, fp32 outputs), or straight into ``out`` (and ``lse``)
+    when ``stats`` is ``None`` (one split)."""
+    query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype, *_ = inputs
+    num_heads, head_size = query.shape[1:]
     num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[3]
-    pattern = sparse or _DENSE
+    pattern = inputs.sparse or _DENSE
     fp8 = _FP8_KINDS[kv_cache_dtype]
     direct = stats is None
     # Pointers a launch never reads are passed as None (no launcher checks, no specialisation).
     max_logits, exp_sums, split_out = stats or (None, None, None)
     pointers = (
-        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale if fp8 else None,
-        v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out if direct else None,
+        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, inputs.k_scale if fp8 else None,
+        inputs.v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out if direct else None,
         lse if direct else None,
     )  # fmt: skip
     ints = (
         query.stride(0), block_tables.stride(0), key_cache.stride(0), key_cache.stride(1), value_cache.stride(0),
-        value_cache.stride(1), num_heads, num_kv_heads, num_splits, pattern.local_blocks, pattern.vert_stride,
-        pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
+        value_cache.stride(1), num_heads, num_kv_heads, num_splits, split, pattern.local_blocks,
+        pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
     )  # fmt: skip
     shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
-    # Fewer programs than SMs (one short sequence) are latency-bound each: they keep the
-    # pipelined 64-token tiles (1x1024: 11.6 us vs 13.3 us with the small-split tiles).
-    programs = num_kv_heads * num_seqs * num_splits
-    small_split = split < PARTITION_SIZE and programs >= sm_count(query.device)
-    flags = (key_cache.shape[4], split, fp8, sparse is not None, small_split)
+    flags = (key_cache.shape[4], fp8, inputs.sparse is not None, many)
 
     def constexprs() -> dict[str, object]:
         return dict(
-            BLOCK_SIZE=block_size, X=key_cache.shape[4], SPLIT=split, FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
-            SPARSE=sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct, WRITE_LSE=lse is not None,
-            **_config(*shape, small_split),
+            BLOCK_SIZE=block_size, X=key_cache.shape[4], FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
+            SPARSE=inputs.sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct,
+            WRITE_LSE=lse is not None, **_config(*shape, many),
         )  # fmt: skip
 
-    _partition_launcher.launch(
-        _launch_key(shape, flags, ints, pointers), (num_kv_heads, num_seqs, num_splits),
-        (*pointers, scale, *ints), constexprs, query.device,
-    )  # fmt: skip
+    return (shape, flags, ints), pointers, (*pointers, scale, *ints), constexprs
+
+
+def _partition(
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    tmp_out: torch.Tensor | None,
+    inputs: _Inputs,
+    split: int,
+    num_splits: int,
+    many: bool,
+) -> None:
+    """Launches :func:`_partition_kernel` over (kv head, sequence, split) (see :func:`_partition_launch`)."""
+    (shape, flags, ints), pointers, args, constexprs = _partition_launch(
+        out, lse, stats, tmp_out, inputs, split, num_splits, many
+    )
+    grid = (inputs.key_cache.shape[1], inputs.query.shape[0], num_splits)
+    _partition_launcher.launch(_launch_key(shape, flags, ints, pointers), grid, args, constexprs, inputs.query.device)
+
+
+def _resident_programs(inputs: _Inputs) -> int:
+    """Partition programs of a many-program launch into split statistics that one SM runs at once."""
+    stats = (torch.float32,) * 3
+    (shape, flags, _), _, args, constexprs = _partition_launch(None, None, stats, None, inputs, _MAX_SPLIT, 2, True)
+    return _partition_launcher.resident((shape, flags), args, constexprs(), inputs.query.device)
 
 
 def _launch_key(shape: tuple, flags: tuple, ints: tuple, pointers: tuple) -> tuple | None:
@@ -573,7 +642,7 @@ def _reduce(
     part_max, part_sum, part_out = partitions or (None, None, None)
     num_partitions = 0 if part_max is None else part_max.shape[-1]
     pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
-    ints = (num_seqs, num_heads, num_splits, num_partitions)
+    ints = (num_seqs, num_heads, num_splits, num_partitions, split)
     head_pad = triton.next_power_of_2(head_size)
     sub = 1 if partitions is None else PARTITION_SIZE // split
     # Partition statistics hold a second weighted copy of the tile: half the width (sm_90, head 128:
@@ -582,11 +651,11 @@ def _reduce(
     widest = min(_REDUCE_TILE, max(1, elements // head_pad))
     # Powers of two: a step always holds whole partitions.
     reduce_tile = max(sub, min(widest, triton.next_power_of_2(num_splits)))
-    shape = (head_size, split, reduce_tile, triton_interpreted())
+    shape = (head_size, sub, reduce_tile, triton_interpreted())
 
     def constexprs() -> dict[str, object]:
         return dict(
-            HEAD_SIZE=head_size, HEAD_PAD=head_pad, SPLIT=split, REDUCE_TILE=reduce_tile, SUB=sub,
+            HEAD_SIZE=head_size, HEAD_PAD=head_pad, REDUCE_TILE=reduce_tile, SUB=sub,
             WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
         )  # fmt: skip
 
@@ -611,21 +680,31 @@ def _attention(
     sparse: BlockSparse | None,
     split: int | None,
 ) -> None:
-    """v1 and ``paged_decode``: as many splits as the block table can hold; one launch if that is one."""
+    """v1 and ``paged_decode``: as many splits as the block table can hold; one launch if that is one.
+
+    The default split on the GPU: :func:`_auto_split`'s, then, for a launch of many programs,
+    :func:`_wave_split`'s for the compiled kernel's resident programs.
+    """
     num_seqs, num_heads, head_size = query.shape
+    _check_split(split, key_cache.shape[3], partitions=False)
     if num_seqs == 0:
         return
+    inputs = _Inputs(query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
+                     k_scale, v_scale, sparse)  # fmt: skip
+    device = query.device
+    pairs = num_seqs * key_cache.shape[1]
     capacity = block_tables.shape[1] * key_cache.shape[3]
-    split = split or _auto_split(num_seqs, key_cache.shape[1], capacity, query.device)
-    num_splits = triton.cdiv(capacity, split)
-    args = (query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype, k_scale,
-            v_scale, sparse, split)  # fmt: skip
+    chosen = split or _auto_split(num_seqs, key_cache.shape[1], capacity, device)
+    many = _many_programs(pairs * triton.cdiv(capacity, chosen), device)
+    if split is None and many and device.type == "cuda":
+        chosen = _wave_split(pairs, capacity, _resident_programs(inputs) * sm_count(device))
+    num_splits = triton.cdiv(capacity, chosen)
     if num_splits <= 1:
-        _partition(out, lse, None, None, *args, num_splits=1)
+        _partition(out, lse, None, None, inputs, chosen, 1, many)
         return
-    stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
-    _partition(out, lse, stats, None, *args, num_splits=num_splits)
-    _reduce(out, lse, stats, seq_lens, split)
+    stats = _scratch(num_seqs, num_heads, num_splits, head_size, device)
+    _partition(out, lse, stats, None, inputs, chosen, num_splits, many)
+    _reduce(out, lse, stats, seq_lens, chosen)
 
 
 @_v1_dispatcher.register("triton")
@@ -681,6 +760,7 @@ def paged_attention_v2(
     outputs (a scratch buffer), as the reference does.
     """
     num_seqs, num_heads, head_size = query.shape
+    _check_split(split, key_cache.shape[3], partitions=True)
     if num_seqs == 0:
         return
     capacity = block_tables.shape[1] * key_cache.shape[3]
@@ -690,10 +770,10 @@ def paged_attention_v2(
     direct = split == PARTITION_SIZE
     if direct:
         stats = (max_logits, exp_sums, stats[2])
-    _partition(
-        out, None, stats, tmp_out if direct else None, query, key_cache, value_cache, block_tables, seq_lens,
-        scale, alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse, split, num_splits,
-    )  # fmt: skip
+    inputs = _Inputs(query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
+                     k_scale, v_scale, sparse)  # fmt: skip
+    many = _many_programs(num_seqs * key_cache.shape[1] * num_splits, query.device)
+    _partition(out, None, stats, tmp_out if direct else None, inputs, split, num_splits, many)
     _reduce(out, None, stats, seq_lens, split, None if direct else (max_logits, exp_sums, tmp_out))
 
 
