@@ -33,9 +33,9 @@ SPACE = {
 }
 SMALL_SHAPES = [(1, 4096), (1, 16384), (8, 1024), (8, 4096), (32, 1024)]
 SMALL_SPACE = {
-    "_SMALL_SPLIT_TILE_TOKENS": (32, 64),
+    "_MANY_TILE_TOKENS": (32, 64),
     "_NUM_WARPS": (1, 2, 4),
-    "_SMALL_SPLIT_STAGES": (1, 2, 3),
+    "_MANY_STAGES": (1, 2, 3),
     "_PROGRAMS_PER_SM": (4, 8, 16),
 }
 QUICK_SPACE = {"_TILE_TOKENS": (64,), "_NUM_WARPS": (1,), "_NUM_STAGES": (2,),

@@ -66,6 +66,9 @@ _FINISH_WARPS = 8
 # programs resident per SM (H200, graph replay: 4096 prefill rows of 8192 took 278 us that way,
 # 409 us from registers; one row of 8192 19.4 us from tiles, 16.6 us from registers).
 _REGISTER_PROGRAMS_PER_SM = 1
+# Decode programs load their row's keys before its length arrives (a decode row's address does
+# not depend on it): the loads and the length's load overlap instead of following one another.
+_EARLY_DECODE_LOADS = True
 # CUDA's limit on the second grid dimension.
 _MAX_GRID_Y = 65535
 # Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
@@ -117,6 +120,20 @@ def _load_keys(row_ptr, cols, valid, stride1, WIDE: tl.constexpr):
     # A negative float grows in magnitude with its bit pattern: flip its magnitude bits.
     keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return tl.where(valid, keys, _KEY_MIN)
+
+
+@triton.jit
+def _early_keys(logits_ptr, row, first, stride0, stride1, available, COUNT: tl.constexpr, WIDE: tl.constexpr):
+    """Keys of decode row ``row``'s columns ``first + arange(COUNT)``, loaded before the row's length.
+
+    A decode row starts at element ``row * stride0``, so its loads need not wait for its length:
+    columns inside the logits storage (``available`` elements) are read, ``_KEY_MIN`` past it. The
+    caller masks the columns past the length once it is known.
+    """
+    row_offset = row.to(tl.int64) * stride0
+    cols = first + tl.arange(0, COUNT)
+    inside = cols.to(tl.int64) * stride1 < available - row_offset
+    return _load_keys(logits_ptr + row_offset, cols, inside, stride1, WIDE)
 
 
 @triton.jit
@@ -379,12 +396,14 @@ def _chunk_kernel(
     stride0,
     stride1,
     k,
+    available,
     cand_keys_ptr,
     cand_cols_ptr,
     chunk_info_ptr,
     DECODE: tl.constexpr,
     PER_ROW_LENS: tl.constexpr,
     WIDE: tl.constexpr,
+    EARLY: tl.constexpr,
     SHORT_ROW: tl.constexpr,
     CHUNK: tl.constexpr,
     CANDIDATES: tl.constexpr,
@@ -403,6 +422,8 @@ def _chunk_kernel(
     """
     row = tl.program_id(0)
     chunk = tl.program_id(1)
+    if EARLY:
+        early = _early_keys(logits_ptr, row, chunk * CHUNK, stride0, stride1, available, CHUNK, WIDE)
     offset, n = _row_span(
         row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
     )
@@ -410,7 +431,10 @@ def _chunk_kernel(
     if (n > SHORT_ROW) & (chunk < num_chunks) & (num_chunks <= tl.num_programs(1)):
         cols = chunk * CHUNK + tl.arange(0, CHUNK)
         valid = cols < n
-        keys = _load_keys(logits_ptr + offset, cols, valid, stride1, WIDE)
+        if EARLY:
+            keys = tl.where(valid, early, _KEY_MIN)
+        else:
+            keys = _load_keys(logits_ptr + offset, cols, valid, stride1, WIDE)
         length = tl.minimum(n - chunk * CHUNK, CHUNK)
         per_chunk = CANDIDATES // num_chunks
         share = length.to(tl.float32) * k / n
@@ -450,6 +474,7 @@ def _finish_kernel(
     stride0,
     stride1,
     k,
+    available,
     out_ptr,
     out_stride0,
     out_stride1,
@@ -460,6 +485,7 @@ def _finish_kernel(
     DECODE: tl.constexpr,
     PER_ROW_LENS: tl.constexpr,
     WIDE: tl.constexpr,
+    EARLY: tl.constexpr,
     SHORT_ROW: tl.constexpr,
     CHUNK: tl.constexpr,
     CANDIDATES: tl.constexpr,
@@ -470,6 +496,8 @@ def _finish_kernel(
 ):
     """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
     row = tl.program_id(0)
+    if EARLY:
+        early = _early_keys(logits_ptr, row, 0, stride0, stride1, available, SHORT_ROW, WIDE)
     offset, n = _row_span(
         row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
     )
@@ -482,7 +510,10 @@ def _finish_kernel(
     elif n <= SHORT_ROW:
         cols = tl.arange(0, SHORT_ROW)
         valid = cols < n
-        keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
+        if EARLY:  # noqa: SIM108 - a constexpr branch: `early` exists only when EARLY
+            keys = tl.where(valid, early, _KEY_MIN)
+        else:
+            keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
         lo, hi, count_hi = _search(keys, n, k, k)
         if IN_REGISTERS:
             take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
@@ -543,11 +574,13 @@ def _launch(
     # Rows the chunk programs do not cover are still exact (the streaming fallback).
     width = logits.shape[1]
     chunk_programs = min(triton.cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
-    bounds = (starts, ends, lens, starts.stride(0), next_n, stride0, stride1, k)
+    available = storage_elements(logits)
+    bounds = (starts, ends, lens, starts.stride(0), next_n, stride0, stride1, k, available)
     flags = dict(
         DECODE=decode,
         PER_ROW_LENS=per_row_lens,
-        WIDE=storage_elements(logits) >= 2**31,
+        WIDE=available >= 2**31,
+        EARLY=decode and _EARLY_DECODE_LOADS,
         SHORT_ROW=_SHORT_ROW,
         CHUNK=_CHUNK,
         CANDIDATES=_CANDIDATES,
