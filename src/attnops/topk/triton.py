@@ -66,8 +66,10 @@ _FINISH_WARPS = 8
 # programs resident per SM (H200, graph replay: 4096 prefill rows of 8192 took 278 us that way,
 # 409 us from registers; one row of 8192 19.4 us from tiles, 16.6 us from registers).
 _REGISTER_PROGRAMS_PER_SM = 1
-# Decode programs load their row's keys before its length arrives (a decode row's address does
-# not depend on it): the loads and the length's load overlap instead of following one another.
+# Decode rows of at most _SHORT_ROW columns load their keys before their length arrives (a decode
+# row's address does not depend on it), so the two loads overlap (H200, graph replay: one row of
+# 8192 16.7 -> 14.8 us, 128 rows 19.0 -> 17.5 us). Early loads in the chunk kernel lost on the
+# launches of many programs (128x131072 141.0 -> 144.5 us) and gained nothing on the others.
 _EARLY_DECODE_LOADS = True
 # CUDA's limit on the second grid dimension.
 _MAX_GRID_Y = 65535
@@ -396,14 +398,12 @@ def _chunk_kernel(
     stride0,
     stride1,
     k,
-    available,
     cand_keys_ptr,
     cand_cols_ptr,
     chunk_info_ptr,
     DECODE: tl.constexpr,
     PER_ROW_LENS: tl.constexpr,
     WIDE: tl.constexpr,
-    EARLY: tl.constexpr,
     SHORT_ROW: tl.constexpr,
     CHUNK: tl.constexpr,
     CANDIDATES: tl.constexpr,
@@ -422,8 +422,6 @@ def _chunk_kernel(
     """
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    if EARLY:
-        early = _early_keys(logits_ptr, row, chunk * CHUNK, stride0, stride1, available, CHUNK, WIDE)
     offset, n = _row_span(
         row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
     )
@@ -431,10 +429,7 @@ def _chunk_kernel(
     if (n > SHORT_ROW) & (chunk < num_chunks) & (num_chunks <= tl.num_programs(1)):
         cols = chunk * CHUNK + tl.arange(0, CHUNK)
         valid = cols < n
-        if EARLY:
-            keys = tl.where(valid, early, _KEY_MIN)
-        else:
-            keys = _load_keys(logits_ptr + offset, cols, valid, stride1, WIDE)
+        keys = _load_keys(logits_ptr + offset, cols, valid, stride1, WIDE)
         length = tl.minimum(n - chunk * CHUNK, CHUNK)
         per_chunk = CANDIDATES // num_chunks
         share = length.to(tl.float32) * k / n
@@ -575,12 +570,11 @@ def _launch(
     width = logits.shape[1]
     chunk_programs = min(triton.cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
     available = storage_elements(logits)
-    bounds = (starts, ends, lens, starts.stride(0), next_n, stride0, stride1, k, available)
+    bounds = (starts, ends, lens, starts.stride(0), next_n, stride0, stride1, k)
     flags = dict(
         DECODE=decode,
         PER_ROW_LENS=per_row_lens,
         WIDE=available >= 2**31,
-        EARLY=decode and _EARLY_DECODE_LOADS,
         SHORT_ROW=_SHORT_ROW,
         CHUNK=_CHUNK,
         CANDIDATES=_CANDIDATES,
@@ -600,9 +594,13 @@ def _launch(
     else:
         # Never read (HAS_CANDIDATES is off).
         cand_keys = cand_cols = chunk_info = out
-    args = (logits, *bounds, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info, chunk_programs)
+    args = (
+        logits, *bounds, available, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info,
+        chunk_programs,
+    )  # fmt: skip
     params = dict(
-        **flags, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)), HAS_CANDIDATES=chunk_programs > 0,
+        **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)),
+        HAS_CANDIDATES=chunk_programs > 0,
         IN_REGISTERS=_in_registers(num_rows, logits.device), TILE=_TILE, num_warps=_FINISH_WARPS,
     )  # fmt: skip
     _finish_launcher.launch(_launch_key(args, params), (num_rows,), args, lambda: params, logits.device)
