@@ -1,15 +1,17 @@
 """Kernel time of the Triton top-k on the SPEC §3 cells by CUDA-graph replay (run on a GPU machine).
 
 PYTHONPATH=src python bench/tuning/topk_graph_times.py LABEL [NAME=VALUE ...]
-Each call (k = 2048, fp32 normal logits) is checked against torch.topk (same set of values) and
-timed by CUDA-graph replay with the L2 flushed (:func:`attnops.bench.timing.time_cuda_graph`);
-``NAME=VALUE`` sets an integer constant of ``attnops.topk.triton`` first (e.g.
-``_LATENCY_BOUND_PROGRAMS_PER_SM=0`` or ``_FINISH_WARPS=4``), for A/B runs in one process each.
+Each call (k = 2048, fp32 normal logits; then a few cells of other distributions) is checked
+against torch.topk (same set of values) and timed by CUDA-graph replay with the L2 flushed
+(:func:`attnops.bench.timing.time_cuda_graph`); ``NAME=VALUE`` sets a numeric constant of
+``attnops.topk.triton`` first (e.g. ``_GUIDE_WIDTH=0.0`` or ``_FINISH_WARPS=4``), for A/B runs in
+one process each.
 """
 
 import sys
 
 import torch
+import triton.language as tl
 
 from attnops.bench.timing import time_cuda_graph
 from attnops.topk import top_k_per_row_decode, top_k_per_row_prefill
@@ -21,8 +23,16 @@ PREFILL_WIDTHS = (8192, 32768)
 K = 2048
 
 
-def decode_cell(label: str, rows: int, length: int) -> None:
-    logits = torch.randn(rows, length, device="cuda")
+# Other value distributions than the normal logits of the SPEC cells, for data-dependent searches.
+DISTRIBUTIONS = {
+    "exponential": lambda shape: torch.empty(shape, device="cuda").exponential_(),
+    "bimodal": lambda shape: torch.randn(shape, device="cuda") + 8 * (torch.rand(shape, device="cuda") < 0.1),
+    "ties": lambda shape: torch.randint(0, 100, shape, device="cuda").float(),
+}
+
+
+def decode_cell(label: str, rows: int, length: int, values=None, name: str = "") -> None:
+    logits = values((rows, length)) if values else torch.randn(rows, length, device="cuda")
     lens = torch.full((rows,), length, dtype=torch.int32, device="cuda")
     out = torch.empty(rows, K, dtype=torch.int32, device="cuda")
 
@@ -33,7 +43,7 @@ def decode_cell(label: str, rows: int, length: int) -> None:
     expected = torch.topk(logits, K, dim=1).values.sort(dim=1).values
     exact = torch.equal(logits.gather(1, out.long()).sort(dim=1).values, expected)
     us = time_cuda_graph(call, budget_ms=100).median_us
-    print(f"{label} decode {rows}x{length}: {us:.1f} us exact={exact}", flush=True)
+    print(f"{label} decode {rows}x{length}{name}: {us:.1f} us exact={exact}", flush=True)
 
 
 def prefill_cell(label: str, width: int, rows: int = 4096) -> None:
@@ -55,12 +65,17 @@ def main() -> None:
     label = sys.argv[1] if len(sys.argv) > 1 else "current"
     for item in sys.argv[2:]:
         name, value = item.split("=")
-        setattr(kernels, name, int(value))
+        number = float(value) if "." in value else int(value)
+        # Globals that kernels read directly are constexprs.
+        setattr(kernels, name, tl.constexpr(number) if isinstance(getattr(kernels, name), tl.constexpr) else number)
     torch.manual_seed(0)
     for rows, length in DECODE_CELLS:
         decode_cell(label, rows, length)
     for width in PREFILL_WIDTHS:
         prefill_cell(label, width)
+    for name, values in DISTRIBUTIONS.items():
+        for rows, length in ((1, 8192), (1, 131072)):
+            decode_cell(label, rows, length, values, f" {name}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ _REGISTER_PROGRAMS_PER_SM = 1
 _EARLY_DECODE_LOADS = True
 # CUDA's limit on the second grid dimension.
 _MAX_GRID_Y = 65535
+# Searches first probe the row's value mean + z * std +- _GUIDE_WIDTH * std, z the normal quantile
+# of the share of keys wanted: for data in a bell shape that brackets the threshold in ~2^22 of
+# the 2^32 keys, ~10 fewer probes (block reductions, ~0.34 us each on an H200). Other data costs
+# at most those two probes and the moments' reduction more; 0 turns the guidance off.
+_GUIDE_WIDTH = tl.constexpr(0.125)
 # Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
 _KEY_MIN = tl.constexpr(-(2**31))
 _KEY_MAX = tl.constexpr(2**31 - 1)
@@ -161,6 +166,55 @@ def _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi):
 
 
 @triton.jit
+def _add_pairs(a, a2, b, b2):
+    return a + b, a2 + b2
+
+
+@triton.jit
+def _upper_normal_quantile(q):
+    """``z`` with ``P(N(0, 1) > z) = q`` for ``0 < q < 1`` (Abramowitz & Stegun 26.2.23, error < 5e-4)."""
+    tail = tl.minimum(q, 1.0 - q)
+    t = tl.sqrt(-2.0 * tl.log(tail))
+    z = t - (2.515517 + t * (0.802853 + t * 0.010328)) / (1.0 + t * (1.432788 + t * (0.189269 + t * 0.001308)))
+    return tl.where(q <= 0.5, z, -z)
+
+
+@triton.jit
+def _key_of(value):
+    """The int32 order key of an fp32 value (as :func:`_load_keys`)."""
+    bits = value.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _probe(keys, lo, hi, count_hi, mid, use, need_lo, need_hi):
+    """One probe at ``mid`` when ``use`` and ``lo < mid < hi``; otherwise the state is kept."""
+    inside = use & (mid > lo) & (mid < hi)
+    count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
+    new_lo, new_hi, new_count_hi = _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi)
+    return tl.where(inside, new_lo, lo), tl.where(inside, new_hi, hi), tl.where(inside, new_count_hi, count_hi)
+
+
+@triton.jit
+def _guide(keys, total, need_lo, need_hi, lo, hi, count_hi):
+    """Two probes around the threshold a normal fit of the keys' values predicts (see ``_GUIDE_WIDTH``)."""
+    # Key _KEY_MIN (padding lanes; also the bits of one NaN) carries no value.
+    bits = keys ^ ((keys >> 31) & 0x7FFFFFFF)
+    values = tl.where(keys > _KEY_MIN, bits.to(tl.float32, bitcast=True), 0.0)
+    total_sum, total_sq = tl.reduce((values, values * values), 0, _add_pairs)
+    mean = total_sum / total
+    std = tl.sqrt(tl.maximum(total_sq / total - mean * mean, 0.0))
+    wanted = (need_lo + need_hi).to(tl.float32) * 0.5
+    guess = mean + _upper_normal_quantile(wanted / total) * std
+    width = _GUIDE_WIDTH * std
+    # Infinite or NaN values (or a row of one value) leave the plain bisection.
+    use = (width > 0) & (guess - width > -float("inf")) & (guess + width < float("inf"))
+    lo, hi, count_hi = _probe(keys, lo, hi, count_hi, _key_of(guess - width).to(tl.int64), use, need_lo, need_hi)
+    lo, hi, count_hi = _probe(keys, lo, hi, count_hi, _key_of(guess + width).to(tl.int64), use, need_lo, need_hi)
+    return lo, hi, count_hi
+
+
+@triton.jit
 def _search(keys, total, need_lo, need_hi):
     """Bisect the int32 key range for a threshold taking between ``need_lo`` and ``need_hi`` keys.
 
@@ -172,6 +226,8 @@ def _search(keys, total, need_lo, need_hi):
     ``need_hi - count_hi`` of the keys equal to ``lo`` (see :func:`_rank`).
     """
     lo, hi, count_hi = _search_start(total, need_hi)
+    if _GUIDE_WIDTH > 0:
+        lo, hi, count_hi = _guide(keys, total, need_lo, need_hi, lo, hi, count_hi)
     while hi - lo > 1:
         mid = (lo + hi) >> 1
         count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
