@@ -73,11 +73,15 @@ _REGISTER_PROGRAMS_PER_SM = 1
 _EARLY_DECODE_LOADS = True
 # CUDA's limit on the second grid dimension.
 _MAX_GRID_Y = 65535
-# Searches first probe the row's value mean + z * std +- _GUIDE_WIDTH * std, z the normal quantile
-# of the share of keys wanted: for data in a bell shape that brackets the threshold in ~2^22 of
-# the 2^32 keys, ~10 fewer probes (block reductions, ~0.34 us each on an H200). Other data costs
-# at most those two probes and the moments' reduction more; 0 turns the guidance off.
-_GUIDE_WIDTH = tl.constexpr(0.125)
+# Searches over rows and chunks first probe the values' mean + z * std +- _GUIDE_WIDTH * std, z
+# the normal quantile of the share of keys wanted: for data in a bell shape that brackets the
+# threshold in ~2^21 of the 2^32 keys, ~10 fewer probes (block reductions, ~0.34 us each). Other
+# data costs at most those two probes and the moments' reduction more; 0 turns the guidance off.
+# H200, graph replay, normal logits, off -> 0.0625: one row of 8192 14.6 -> 12.4 us, 128 rows
+# 17.4 -> 15.2 us, 128x131072 142.0 -> 114.2 us, prefill 258.7 -> 216.4 and 1147 -> 1006 us
+# (0.125: 12.8 us one row, 226 us prefill; 0.25: 13.2, 238); exponential and bimodal rows of
+# 8192 within 0.8 us of unguided.
+_GUIDE_WIDTH = tl.constexpr(0.0625)
 # Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
 _KEY_MIN = tl.constexpr(-(2**31))
 _KEY_MAX = tl.constexpr(2**31 - 1)
@@ -215,7 +219,7 @@ def _guide(keys, total, need_lo, need_hi, lo, hi, count_hi):
 
 
 @triton.jit
-def _search(keys, total, need_lo, need_hi):
+def _search(keys, total, need_lo, need_hi, GUIDED: tl.constexpr):
     """Bisect the int32 key range for a threshold taking between ``need_lo`` and ``need_hi`` keys.
 
     ``keys``: int32 tile whose lanes outside the data hold ``_KEY_MIN``; ``total``: the number
@@ -226,7 +230,7 @@ def _search(keys, total, need_lo, need_hi):
     ``need_hi - count_hi`` of the keys equal to ``lo`` (see :func:`_rank`).
     """
     lo, hi, count_hi = _search_start(total, need_hi)
-    if _GUIDE_WIDTH > 0:
+    if GUIDED and _GUIDE_WIDTH > 0:
         lo, hi, count_hi = _guide(keys, total, need_lo, need_hi, lo, hi, count_hi)
     while hi - lo > 1:
         mid = (lo + hi) >> 1
@@ -399,7 +403,8 @@ def _select_candidates(
         slots = tl.arange(0, CANDIDATES)
         valid, slot_left_out = _candidate_slots(info_row, slots, per_chunk, num_chunks)
         keys = tl.load(cand_keys_ptr + cand_row + slots, mask=valid, other=_KEY_MIN)
-        lo, hi, count_hi = _search(keys, total, k, k)
+        # Candidates are the top of their chunks, a tail no normal fit predicts.
+        lo, hi, count_hi = _search(keys, total, k, k, False)
         # The k-th largest candidate: lo, unless the search ended on a probe taking exactly k.
         kth = tl.where(lo == hi, tl.min(tl.where(valid & (keys >= hi), keys, _KEY_MAX), axis=0), lo).to(tl.int32)
         left_out = tl.max(tl.load(info_row + chunks * 2 + 1, mask=present, other=_KEY_MIN), axis=0)
@@ -494,7 +499,7 @@ def _chunk_kernel(
         # exact for more skewed rows (such as most keys -inf and the rest gathered in one chunk).
         need_lo = tl.maximum(need_lo, (per_chunk * MIN_FILL).to(tl.int32))
         need_lo = tl.minimum(tl.minimum(need_lo, per_chunk), length)
-        lo, hi, count_hi = _search(keys, length, need_lo, per_chunk)
+        lo, hi, count_hi = _search(keys, length, need_lo, per_chunk, True)
         chunk_slots = row.to(tl.int64) * CANDIDATES + chunk * per_chunk
         if IN_REGISTERS:
             take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, per_chunk - count_hi, 0, 0)
@@ -565,7 +570,7 @@ def _finish_kernel(
             keys = tl.where(valid, early, _KEY_MIN)
         else:
             keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
-        lo, hi, count_hi = _search(keys, n, k, k)
+        lo, hi, count_hi = _search(keys, n, k, k, True)
         if IN_REGISTERS:
             take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
             tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
