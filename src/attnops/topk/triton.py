@@ -208,7 +208,8 @@ def _guide(keys, total, need_lo, need_hi, lo, hi, count_hi):
     total_sum, total_sq = tl.reduce((values, values * values), 0, _add_pairs)
     mean = total_sum / total
     std = tl.sqrt(tl.maximum(total_sq / total - mean * mean, 0.0))
-    wanted = (need_lo + need_hi).to(tl.float32) * 0.5
+    # need_lo and need_hi may be constexprs (Triton specialises an integer argument of 1).
+    wanted = (need_lo + need_hi) * 0.5
     guess = mean + _upper_normal_quantile(wanted / total) * std
     width = _GUIDE_WIDTH * std
     # Infinite or NaN values (or a row of one value) leave the plain bisection.
