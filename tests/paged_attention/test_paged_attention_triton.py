@@ -205,6 +205,27 @@ def test_wave_split(pairs, capacity, slots, split):
     assert kernels._wave_split(pairs, capacity, slots) == split
 
 
+@pytest.mark.parametrize(
+    ("num_seqs", "capacity", "split"),
+    [
+        (1, 16384, 512),  # whole partitions: 32 splits a row, one reduction step
+        (1, 4096, 128),  # the device-aware split (64) would take the reduction two steps
+        (8, 1024, 64),
+        (8, 4096, 256),
+        (128, 4096, 512),
+    ],
+)
+def test_v2_split_stays_within_one_reduction_step(monkeypatch, num_seqs, capacity, split):
+    from attnops.paged_attention import triton as kernels
+
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 132)
+    kernels._auto_split.cache_clear()
+    try:
+        assert kernels._v2_split(num_seqs, 8, capacity, 128, torch.device("cuda")) == split
+    finally:
+        kernels._auto_split.cache_clear()
+
+
 def test_wave_split_counts_whole_waves():
     from attnops.paged_attention import triton as kernels
 

@@ -49,13 +49,15 @@ _FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 _TILE_TOKENS = 64
 _NUM_WARPS = 1
 _NUM_STAGES = 2
-# Launches of at least one program per SM take tiles of 32 tokens and one stage: eight resident
-# one-warp programs per SM instead of six (CUDA-graph replay, H200, head 128 bf16,
-# `paged_split_sweep.py`: 8x16384 at whole partitions 156.3 -> 145.5 us, 1x16384 35.1 -> 32.5 us,
-# 8x4096 55.0 -> 50.0 us). Fewer programs (one short sequence) are latency-bound each and keep
-# the pipelined 64-token tiles (1x1024: 11.6 us vs 13.3 us).
+# Launches of at least _MANY_PROGRAMS_PER_SM programs per SM take tiles of 32 tokens and one
+# stage: eight resident one-warp programs per SM instead of six (CUDA-graph replay, H200, head 128
+# bf16, `paged_split_sweep.py`: 8x16384 at whole partitions 156.3 -> 145.5 us, 1x16384 35.1 ->
+# 32.5 us, 8x4096 55.0 -> 50.0 us). Fewer programs (one short sequence) are latency-bound each and
+# keep the pipelined 64-token tiles (1x1024: 11.6 us vs 13.3 us; v2 1x16384 at whole partitions,
+# 256 programs: 36.5 us vs 50.8 us).
 _MANY_TILE_TOKENS = 32
 _MANY_STAGES = 1
+_MANY_PROGRAMS_PER_SM = 2
 _NARROW_ROW_BYTES = 256
 _WIDE_ROW_WARPS = 4
 # Shared memory the pipeline stages of K and V tiles may use (fp32 head 256 takes one stage).
@@ -453,7 +455,7 @@ def _config(
     padded), in the query dtype for fp16/bf16 on the GPU (the CPU interpreter's half-precision
     ``tl.dot`` is unreliable, so there they run in fp32); a single head per kv head uses broadcast
     products. Tiles hold ``_TILE_TOKENS`` tokens (``_MANY_TILE_TOKENS`` with ``_MANY_STAGES`` for
-    a launch of ``many`` programs, at least one per SM), at least one whole cache block. Rows wider
+    a launch of ``many`` programs, see ``_MANY_PROGRAMS_PER_SM``), at least one whole cache block. Rows wider
     than ``_NARROW_ROW_BYTES`` get ``_WIDE_ROW_WARPS`` warps, and a single stage when two stages
     of K and V tiles would pass ``_STAGE_BYTES`` of shared memory.
     """
@@ -505,8 +507,28 @@ def _check_split(split: int | None, block_size: int, partitions: bool) -> None:
 
 
 def _many_programs(programs: int, device: torch.device) -> bool:
-    """Whether a launch of ``programs`` partition programs has at least one per SM."""
-    return programs >= sm_count(device)
+    """Whether a launch of ``programs`` partition programs has ``_MANY_PROGRAMS_PER_SM`` per SM."""
+    return programs >= _MANY_PROGRAMS_PER_SM * sm_count(device)
+
+
+def _reduce_width(head_size: int, partitions: bool) -> int:
+    """Splits one step of :func:`_reduce_kernel` folds, at most (a power of two)."""
+    # Partition statistics hold a second weighted copy of the tile: half the width (sm_90, head 128:
+    # 64 splits a step spill there, 32 take 194 registers).
+    elements = _REDUCE_ELEMENTS // 2 if partitions else _REDUCE_ELEMENTS
+    return min(_REDUCE_TILE, max(1, elements // triton.next_power_of_2(head_size)))
+
+
+def _v2_split(num_seqs: int, num_kv_heads: int, capacity: int, head_size: int, device: torch.device) -> int:
+    """v2's default split: :func:`_auto_split`'s, but no finer than one reduction step can fold.
+
+    Sub-splits that take the reduction several steps cost more than the idle SMs they fill (H200,
+    graph replay: 1x16384 in 128-token sub-splits 51.0 us, in whole partitions 36.5 us; 1x4096 in
+    64-token ones 21.7 us, 128-token ones 19.3 us).
+    """
+    split = min(PARTITION_SIZE, _auto_split(num_seqs, num_kv_heads, capacity, device))
+    folded = triton.next_power_of_2(triton.cdiv(capacity, _reduce_width(head_size, partitions=True)))
+    return max(split, min(PARTITION_SIZE, folded))
 
 
 @functools.cache
@@ -645,10 +667,7 @@ def _reduce(
     ints = (num_seqs, num_heads, num_splits, num_partitions, split)
     head_pad = triton.next_power_of_2(head_size)
     sub = 1 if partitions is None else PARTITION_SIZE // split
-    # Partition statistics hold a second weighted copy of the tile: half the width (sm_90, head 128:
-    # 64 splits a step spill there, 32 take 194 registers).
-    elements = _REDUCE_ELEMENTS if partitions is None else _REDUCE_ELEMENTS // 2
-    widest = min(_REDUCE_TILE, max(1, elements // head_pad))
+    widest = _reduce_width(head_size, partitions is not None)
     # Powers of two: a step always holds whole partitions.
     reduce_tile = max(sub, min(widest, triton.next_power_of_2(num_splits)))
     shape = (head_size, sub, reduce_tile, triton_interpreted())
@@ -764,7 +783,7 @@ def paged_attention_v2(
     if num_seqs == 0:
         return
     capacity = block_tables.shape[1] * key_cache.shape[3]
-    split = split or min(PARTITION_SIZE, _auto_split(num_seqs, key_cache.shape[1], capacity, query.device))
+    split = split or _v2_split(num_seqs, key_cache.shape[1], capacity, head_size, query.device)
     num_splits = exp_sums.shape[2] * (PARTITION_SIZE // split)
     stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
     direct = split == PARTITION_SIZE
