@@ -35,7 +35,7 @@ def _set(tile: int, stages: int) -> None:
     kernels._NUM_STAGES = kernels._MANY_STAGES = stages
     kernels._config.cache_clear()
     kernels._partition_launcher.compiled.clear()
-    kernels._partition_launcher.residents.clear()
+    kernels._residents.clear()
     kernels._reduce_launcher.compiled.clear()
 
 

@@ -92,20 +92,15 @@ class Launcher:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.compiled: dict[tuple, tuple[Any, tuple, tuple[int, ...]]] = {}
-        self.residents: dict[tuple, int] = {}
 
-    def resident(self, key: tuple, args: tuple, constexprs: dict[str, Any], device: torch.device) -> int:
+    def resident(self, args: tuple, constexprs: dict[str, Any], device: torch.device) -> int:
         """Programs of the kernel that ``args`` and ``constexprs`` specialise one SM runs at once.
 
         Compiles the kernel without launching it (Triton's warm-up; ``args`` may hold a torch dtype
-        in place of a tensor) and asks the driver's occupancy calculator; kept per ``key``, which
-        must determine the specialisation as :meth:`launch`'s does.
+        in place of a tensor) and asks the driver's occupancy calculator; callers keep the answer.
         """
-        if key not in self.residents:
-            with torch.cuda.device(device):
-                compiled = self.kernel.warmup(*args, grid=(1,), **constexprs)
-                self.residents[key] = _resident_blocks(compiled)
-        return self.residents[key]
+        with torch.cuda.device(device):
+            return _resident_blocks(self.kernel.warmup(*args, grid=(1,), **constexprs))
 
     def launch(
         self,

@@ -626,11 +626,22 @@ def _partition(
     _partition_launcher.launch(_launch_key(shape, flags, ints, pointers), grid, args, constexprs, inputs.query.device)
 
 
+# Resident programs per kernel configuration, keyed by what the configuration depends on.
+_residents: dict[tuple, int] = {}
+
+
 def _resident_programs(inputs: _Inputs) -> int:
     """Partition programs of a many-program launch into split statistics that one SM runs at once."""
-    stats = (torch.float32,) * 3
-    (shape, flags, _), _, args, constexprs = _partition_launch(None, None, stats, None, inputs, _MAX_SPLIT, 2, True)
-    return _partition_launcher.resident((shape, flags), args, constexprs(), inputs.query.device)
+    query, key_cache = inputs.query, inputs.key_cache
+    key = (
+        query.shape[1:], key_cache.shape[1:], query.dtype, key_cache.dtype, inputs.kv_cache_dtype,
+        inputs.alibi_slopes is None, inputs.sparse is None, query.device,
+    )  # fmt: skip
+    if key not in _residents:
+        stats = (torch.float32,) * 3
+        _, _, args, constexprs = _partition_launch(None, None, stats, None, inputs, _MAX_SPLIT, 2, True)
+        _residents[key] = _partition_launcher.resident(args, constexprs(), query.device)
+    return _residents[key]
 
 
 def _launch_key(shape: tuple, flags: tuple, ints: tuple, pointers: tuple) -> tuple | None:
