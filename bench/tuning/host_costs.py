@@ -25,12 +25,13 @@ def main() -> None:
     print("t.shape x10", per_call_us(lambda: [t.shape for t in tensors]))
     print("t.data_ptr() x10", per_call_us(lambda: [t.data_ptr() for t in tensors]))
     print("torch.empty", per_call_us(lambda: torch.empty(4096, device="cuda")))
-    args = (out, None, None, None, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens,
-            0.1, None, "auto", cache.k_scale, cache.v_scale, None, 1024)  # fmt: skip
-    print("partition launch, compiled handle", per_call_us(lambda: kernels._partition(*args, num_splits=1)))
+    inputs = kernels._Inputs(query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1,
+                             None, "auto", cache.k_scale, cache.v_scale, None)  # fmt: skip
+    args = (out, None, None, None, inputs, 1024, 1, False)
+    print("partition launch, compiled handle", per_call_us(lambda: kernels._partition(*args)))
     launch_key = kernels._launch_key
     kernels._launch_key = lambda *a: None
-    print("partition launch, Triton JIT", per_call_us(lambda: kernels._partition(*args, num_splits=1)))
+    print("partition launch, Triton JIT", per_call_us(lambda: kernels._partition(*args)))
     kernels._launch_key = launch_key
     v1 = (out, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1, None, "auto",
           cache.k_scale, cache.v_scale, None)  # fmt: skip
