@@ -8,11 +8,10 @@ torch.profiler; prints the mean device time of each kernel.
 import functools
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from workloads import kernel_times
 
 from attnops.topk import top_k_per_row_decode
 
-FLUSH = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
 CELLS = ((1, 8192), (1, 32768), (1, 131072), (32, 131072), (128, 8192), (128, 32768), (128, 131072))
 
 
@@ -22,15 +21,7 @@ def main() -> None:
         lens = torch.full((rows,), length, dtype=torch.int32, device="cuda")
         indices = torch.empty(rows, 2048, dtype=torch.int32, device="cuda")
         call = functools.partial(top_k_per_row_decode, logits, 1, lens, indices, rows, length, 1, 2048)
-        call()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                FLUSH.zero_()
-                call()
-            torch.cuda.synchronize()
-        kernels = {e.key: e.device_time_total / e.count for e in prof.key_averages() if e.key.startswith("_")}
-        print(f"topk {rows}x{length}: " + ", ".join(f"{k} {v:.1f} us" for k, v in kernels.items()), flush=True)
+        print(f"topk {rows}x{length}: {kernel_times(call)}", flush=True)
 
 
 if __name__ == "__main__":

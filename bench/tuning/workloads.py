@@ -3,6 +3,7 @@
 import functools
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from attnops import merge_attn_states
 from attnops.cache import make_paged_kv_cache
@@ -32,3 +33,17 @@ def merge_call(tokens: int):
     out, out_lse = torch.empty_like(prefix), torch.empty_like(prefix_lse)
     nbytes = 3 * prefix.numel() * 2 + 3 * prefix_lse.numel() * 4
     return functools.partial(merge_attn_states, out, prefix, prefix_lse, suffix, suffix_lse, out_lse), nbytes
+
+
+def kernel_times(call, runs: int = 10) -> str:
+    """Mean device time of each Triton kernel ``call`` launches, L2 flushed before each of ``runs`` calls."""
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            flush.zero_()
+            call()
+        torch.cuda.synchronize()
+    times = {e.key: e.device_time_total / e.count for e in prof.key_averages() if e.key.startswith("_")}
+    return ", ".join(f"{name} {us:.1f} us" for name, us in times.items())
