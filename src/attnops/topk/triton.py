@@ -77,10 +77,10 @@ _MAX_GRID_Y = 65535
 # the normal quantile of the share of keys wanted: for data in a bell shape that brackets the
 # threshold in ~2^21 of the 2^32 keys, ~10 fewer probes (block reductions, ~0.34 us each). Other
 # data costs at most those two probes and the moments' reduction more; 0 turns the guidance off.
-# H200, graph replay, normal logits, off -> 0.0625: one row of 8192 14.6 -> 12.4 us, 128 rows
-# 17.4 -> 15.2 us, 128x131072 142.0 -> 114.2 us, prefill 258.7 -> 216.4 and 1147 -> 1006 us
-# (0.125: 12.8 us one row, 226 us prefill; 0.25: 13.2, 238); exponential and bimodal rows of
-# 8192 within 0.8 us of unguided.
+# H200, graph replay, normal logits, off -> 0.0625: one row of 8192 14.8 -> 12.4 us, 128 rows
+# 17.4 -> 15.1 us, 128x131072 142.2 -> 113.1 us, prefill 258.8 -> 216.6 and 1148 -> 982 us
+# (0.04 within 2 %; 0.125 and 0.25 slower); exponential and bimodal rows of 8192 within 0.4 us
+# of unguided, bimodal rows of 131072 1.9 us slower (docs/performance.md, version 6).
 _GUIDE_WIDTH = tl.constexpr(0.0625)
 # Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
 _KEY_MIN = tl.constexpr(-(2**31))
@@ -134,15 +134,15 @@ def _load_keys(row_ptr, cols, valid, stride1, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _early_keys(logits_ptr, row, first, stride0, stride1, available, COUNT: tl.constexpr, WIDE: tl.constexpr):
-    """Keys of decode row ``row``'s columns ``first + arange(COUNT)``, loaded before the row's length.
+def _early_keys(logits_ptr, row, stride0, stride1, available, COUNT: tl.constexpr, WIDE: tl.constexpr):
+    """Keys of decode row ``row``'s first ``COUNT`` columns, loaded before the row's length.
 
     A decode row starts at element ``row * stride0``, so its loads need not wait for its length:
     columns inside the logits storage (``available`` elements) are read, ``_KEY_MIN`` past it. The
     caller masks the columns past the length once it is known.
     """
     row_offset = row.to(tl.int64) * stride0
-    cols = first + tl.arange(0, COUNT)
+    cols = tl.arange(0, COUNT)
     inside = cols.to(tl.int64) * stride1 < available - row_offset
     return _load_keys(logits_ptr + row_offset, cols, inside, stride1, WIDE)
 
@@ -554,7 +554,7 @@ def _finish_kernel(
     """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
     row = tl.program_id(0)
     if EARLY:
-        early = _early_keys(logits_ptr, row, 0, stride0, stride1, available, SHORT_ROW, WIDE)
+        early = _early_keys(logits_ptr, row, stride0, stride1, available, SHORT_ROW, WIDE)
     offset, n = _row_span(
         row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
     )
