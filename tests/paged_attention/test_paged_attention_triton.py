@@ -226,16 +226,6 @@ def test_v2_split_stays_within_one_reduction_step(monkeypatch, num_seqs, capacit
         kernels._auto_split.cache_clear()
 
 
-def test_wave_split_counts_whole_waves():
-    from attnops.paged_attention import triton as kernels
-
-    # 8 x 16384: 768 tokens give 1408 programs, 1.33 waves of 1056 slots: two waves, slower than
-    # 1024 tokens in one.
-    waves = {split: -(-64 * -(-16384 // split) // 1056) for split in (768, 1024)}
-    assert waves == {768: 2, 1024: 1}
-    assert kernels._wave_split(64, 16384, 1056) == 1024
-
-
 @pytest.mark.parametrize(("op", "split"), [("v1", 24), ("decode", 0), ("v2", 48), ("v2", 1024)])
 def test_bad_split_is_refused_before_any_write(device, op, split):
     from attnops.paged_attention import triton as kernels
