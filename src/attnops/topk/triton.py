@@ -60,6 +60,13 @@ _MIN_FILL = 0.75
 # registers a thread on sm_90, so 4 programs fit on an SM and hide each other's reductions.
 _CHUNK_WARPS = 8
 _FINISH_WARPS = 8
+# Latency-bound chunk launches (results from registers) take 16 warps: shorter per-thread work
+# before each reduction (H200, graph replay: 1x32768 26.2 -> 22.2 us, 1x131072 28.0 -> 25.3 us);
+# throughput-bound ones lost with 16 (128x131072 113 -> 145 us). Throughput-bound finish launches
+# take 4 warps (prefill 4096x8192 216.4 -> 206.9 us, 4096x32768 983 -> 964 us); latency-bound
+# ones lost with 4 (1x32768 26.2 -> 46.0 us).
+_LATENCY_CHUNK_WARPS = 16
+_THROUGHPUT_FINISH_WARPS = 4
 # Launches of at most this many programs per SM write their results from the keys held in
 # registers (one prefix sum over the tile: fastest while programs are latency-bound, at about
 # twice the registers); larger launches read the keys again in tiles of _TILE, which keeps more
@@ -641,6 +648,8 @@ def _launch(
         CHUNK=_CHUNK,
         CANDIDATES=_CANDIDATES,
     )
+    chunk_in_registers = _in_registers(num_rows * chunk_programs, logits.device)
+    finish_in_registers = _in_registers(num_rows, logits.device)
     if chunk_programs:
         cand_keys = torch.empty(num_rows, _CANDIDATES, dtype=torch.int32, device=logits.device)
         cand_cols = torch.empty_like(cand_keys)
@@ -648,7 +657,8 @@ def _launch(
         args = (logits, *bounds, cand_keys, cand_cols, chunk_info)
         params = dict(
             **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
-            IN_REGISTERS=_in_registers(num_rows * chunk_programs, logits.device), TILE=_TILE, num_warps=_CHUNK_WARPS,
+            IN_REGISTERS=chunk_in_registers, TILE=_TILE,
+            num_warps=_LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS,
         )  # fmt: skip
         _chunk_launcher.launch(
             _launch_key(args, params), (num_rows, chunk_programs), args, lambda: params, logits.device
@@ -663,7 +673,8 @@ def _launch(
     params = dict(
         **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)),
         HAS_CANDIDATES=chunk_programs > 0,
-        IN_REGISTERS=_in_registers(num_rows, logits.device), TILE=_TILE, num_warps=_FINISH_WARPS,
+        IN_REGISTERS=finish_in_registers, TILE=_TILE,
+        num_warps=_FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS,
     )  # fmt: skip
     _finish_launcher.launch(_launch_key(args, params), (num_rows,), args, lambda: params, logits.device)
 
