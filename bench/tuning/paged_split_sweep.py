@@ -30,9 +30,19 @@ LARGE_SPLITS = (512, 1024, 2048, 4096)
 CONFIGS = ((32, 1), (64, 2))
 
 
+# The module's own launch constants, which the sweep overrides.
+TUNED = ("_TILE_TOKENS", "_NUM_STAGES", "_MANY_TILE_TOKENS", "_MANY_STAGES")
+DEFAULTS = {name: getattr(kernels, name) for name in TUNED}
+
+
 def _set(tile: int, stages: int) -> None:
-    kernels._TILE_TOKENS = kernels._MANY_TILE_TOKENS = tile
-    kernels._NUM_STAGES = kernels._MANY_STAGES = stages
+    """Both tile configurations (few and many programs) at ``tile`` tokens and ``stages`` stages."""
+    _apply(dict(_TILE_TOKENS=tile, _MANY_TILE_TOKENS=tile, _NUM_STAGES=stages, _MANY_STAGES=stages))
+
+
+def _apply(values: dict) -> None:
+    for name, value in values.items():
+        setattr(kernels, name, value)
     kernels._config.cache_clear()
     kernels._partition_launcher.compiled.clear()
     kernels._residents.clear()
@@ -53,8 +63,7 @@ def _resident() -> int:
 
 
 def defaults(peak: float) -> None:
-    _set(64, 2)
-    kernels._MANY_TILE_TOKENS, kernels._MANY_STAGES = 32, 1
+    _apply(DEFAULTS)
     for num_seqs, context in GRID:
         v1, v2, nbytes = decode_calls(num_seqs, context)
         kernels._partition_launcher.compiled.clear()
@@ -102,7 +111,7 @@ def main() -> None:
                     f"  tile {tile} st {stages} v2 sub {split:4d}: {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s",
                     flush=True,
                 )
-    _set(64, 2)
+    _apply(DEFAULTS)
 
 
 if __name__ == "__main__":
