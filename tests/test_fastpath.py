@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnops._common.fastpath import aligned, memoize_validation
+from attnops._common.fastpath import cdiv, memoize_validation, next_power_of_2
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -41,10 +41,9 @@ def test_fake_tensors_are_validated_every_call():
     assert len(calls) == 2
 
 
-def test_aligned():
-    x = torch.zeros(8)
-    assert aligned(x, None, x[4:]) == (True, True, True)
-    assert aligned(x[1:]) == (False,)
+def test_host_integer_helpers():
+    assert [cdiv(a, 4) for a in (0, 1, 4, 5, 9)] == [0, 1, 1, 2, 3]
+    assert [next_power_of_2(n) for n in (0, 1, 2, 3, 64, 65, 1000)] == [1, 1, 2, 4, 64, 128, 1024]
 
 
 @pytest.mark.gpu
@@ -108,9 +107,9 @@ def test_launcher_reuses_the_compiled_handle(monkeypatch):
 
     device = torch.device("cuda", 1)
     first, second = torch.zeros(3), torch.zeros(5)
-    launcher.launch(("k",), (2, 5), (first, 11), constexprs, device)
-    launcher.launch(("k",), (2, 5), (second, 13), constexprs, device)
-    launcher.launch(None, (7,), (14, 15), constexprs, device)
+    launcher.launch(("k",), (2, 5), (first,), (11,), constexprs, device)
+    launcher.launch(("k",), (2, 5), (second,), (13,), constexprs, device)
+    launcher.launch(None, (7,), (14,), (15,), constexprs, device)
     assert kernel.jit_launches == [
         ((2, 5), (first, 11), {"D": 4, "C": 3, "num_warps": 8}),
         ((7,), (14, 15), {"D": 4, "C": 3, "num_warps": 8}),
@@ -119,3 +118,27 @@ def test_launcher_reuses_the_compiled_handle(monkeypatch):
     # made three-dimensional.
     assert kernel.compiled.launches == [((2, 5, 1), (second.data_ptr(), 13, 3, 4), 1001)]
     assert len(made) == 2
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda x: x[1:],  # not 16-byte aligned
+        lambda x: x.double(),  # another dtype
+        lambda x: None,  # a pointer the launch never reads
+    ],
+    ids=["misaligned", "dtype", "none"],
+)
+def test_launcher_keys_on_pointer_layout(monkeypatch, other):
+    from attnops._common.fastpath import Launcher
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+    kernel = FakeKernel()
+    launcher = Launcher(kernel)
+    x = torch.zeros(16)
+    device = torch.device("cuda", 0)
+    for pointer in (x, torch.zeros(16), other(x)):
+        launcher.launch(("k",), (1,), (pointer,), (1,), lambda: {"C": 0, "D": 0}, device)
+    # The second launch reuses the first's compiled kernel; the third specialises differently.
+    assert len(kernel.jit_launches) == 2
+    assert len(kernel.compiled.launches) == 1

@@ -76,22 +76,22 @@ def memoize_validation(validator: F) -> F:
 class Launcher:
     """Launches a ``@triton.jit`` kernel, straight through its compiled handle once compiled.
 
-    ``launch(key, grid, args, constexprs)``: ``args`` are the kernel's runtime arguments in
-    signature order (``None`` for pointers a launch never reads: they specialise as constants and
-    skip the launcher's pointer checks), ``constexprs`` a zero-argument function returning its
-    constexpr parameters and launch options (called on the first launch of a key only). ``key``
-    must determine everything Triton specialises on: the constexprs and options, every integer
-    argument and every pointer's dtype, 16-byte alignment and whether it is ``None``. The first
-    launch of a key goes through Triton's JIT (compiling if needed) and keeps the compiled kernel;
-    later launches skip the JIT's argument specialisation and pass tensors as their addresses, so
-    Triton's launcher skips its per-pointer ``data_ptr()`` call and driver query
-    (``cuPointerGetAttribute``; the caller has validated the devices). ``key=None`` (e.g. under
-    the CPU interpreter) always takes the JIT.
+    ``launch(key, grid, pointers, scalars, constexprs)``: the kernel's runtime arguments in
+    signature order are its tensor pointers (``None`` for those a launch never reads: they
+    specialise as constants and skip the launcher's pointer checks), then its scalars;
+    ``constexprs`` is a zero-argument function returning the constexpr parameters and launch
+    options (called on the first launch of a key only). ``key`` must determine the constexprs, the
+    options and every scalar Triton specialises on; the launcher adds each pointer's dtype, 16-byte
+    alignment and whether it is ``None``. The first launch of a key goes through Triton's JIT
+    (compiling if needed) and keeps the compiled kernel; later launches skip the JIT's argument
+    specialisation and pass tensors as their addresses, so Triton's launcher skips its per-pointer
+    ``data_ptr()`` call and driver query (``cuPointerGetAttribute``; the caller has validated the
+    devices). ``key=None`` (e.g. under the CPU interpreter) always takes the JIT.
     """
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        self.compiled: dict[tuple, tuple[Any, tuple, tuple[int, ...]]] = {}
+        self.compiled: dict[tuple, tuple[Any, tuple]] = {}
 
     def resident(self, args: tuple, constexprs: dict[str, Any], device: torch.device) -> int:
         """Programs of the kernel that ``args`` and ``constexprs`` specialise one SM runs at once.
@@ -106,31 +106,53 @@ class Launcher:
         self,
         key: tuple | None,
         grid: tuple[int, ...],
-        args: tuple,
+        pointers: tuple,
+        scalars: tuple,
         constexprs: Callable[[], dict[str, Any]],
         device: torch.device,
     ) -> None:
-        """Launch on ``device``'s current stream."""
-        hit = None if key is None else self.compiled.get(key)
+        """Launch on ``device``'s current stream with the runtime arguments ``(*pointers, *scalars)``."""
+        if key is None:
+            self.kernel[grid](*pointers, *scalars, **constexprs())
+            return
+        addresses = []
+        layout = []
+        for pointer in pointers:
+            if pointer is None:
+                addresses.append(None)
+                layout.append(None)
+            else:
+                address = pointer.data_ptr()
+                addresses.append(address)
+                layout.append((pointer.dtype, address % 16 == 0))
+        # A compiled handle belongs to the device it was loaded on.
+        key = (key, device.index, tuple(layout))
+        hit = self.compiled.get(key)
         if hit is not None:
-            compiled, tail, tensors = hit
-            values = list(args)
-            for i in tensors:
-                values[i] = values[i].data_ptr()
+            compiled, tail = hit
             # The compiled handle reads all three grid dimensions; a given stream spares it two
             # Python-level driver queries.
             stream = torch._C._cuda_getCurrentRawStream(device.index)
-            compiled[(*grid, 1, 1)[:3]](*values, *tail, stream=stream)
+            compiled[(*grid, 1, 1)[:3]](*addresses, *scalars, *tail, stream=stream)
             return
         params = constexprs()
-        compiled = self.kernel[grid](*args, **params)
-        if key is not None and hasattr(compiled, "function"):
+        compiled = self.kernel[grid](*pointers, *scalars, **params)
+        if hasattr(compiled, "function"):
             # The compiled handle takes every parameter positionally, constexprs included.
-            tail = tuple(params[name] for name in self.kernel.arg_names[len(args) :])
-            tensors = tuple(i for i, value in enumerate(args) if isinstance(value, torch.Tensor))
+            tail = tuple(params[name] for name in self.kernel.arg_names[len(pointers) + len(scalars) :])
             if len(self.compiled) >= _MAX_ENTRIES:
                 self.compiled.clear()
-            self.compiled[key] = (compiled, tail, tensors)
+            self.compiled[key] = (compiled, tail)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for host code (``triton.cdiv`` is a constexpr function: microseconds a call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``), for host code (see :func:`cdiv`)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 @functools.cache
@@ -152,8 +174,3 @@ def _resident_blocks(compiled: Any) -> int:
     if status != 0:
         raise RuntimeError(f"cuOccupancyMaxActiveBlocksPerMultiprocessor failed: CUDA error {status}")
     return blocks.value
-
-
-def aligned(*tensors: torch.Tensor | None) -> tuple[bool, ...]:
-    """Whether each tensor's address is 16-byte aligned (``None`` counts as aligned), for launch keys."""
-    return tuple(t is None or t.data_ptr() % 16 == 0 for t in tensors)

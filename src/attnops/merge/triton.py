@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
-from attnops._common.fastpath import Launcher, aligned
+from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
 from attnops.merge.api import _dispatcher
 
 # Bytes of one program's tile per input (2048 16-bit or 1024 fp32 elements) and its warps:
@@ -151,9 +151,9 @@ _launcher = Launcher(_merge_kernel)
 @functools.cache
 def _launch_config(num_heads: int, head_size: int, element_size: int) -> tuple[int, int]:
     """``(BLOCK_H, BLOCK_D)`` for one token's heads: a tile of about ``_TILE_BYTES`` per input."""
-    block_d = triton.next_power_of_2(head_size)
+    block_d = next_power_of_2(head_size)
     heads_per_tile = max(1, _TILE_BYTES // (block_d * element_size))
-    return min(triton.next_power_of_2(num_heads), heads_per_tile), block_d
+    return min(next_power_of_2(num_heads), heads_per_tile), block_d
 
 
 @_dispatcher.register("triton")
@@ -193,8 +193,7 @@ def merge_attn_states(
     key = None
     if not triton_interpreted():
         # num_with_context is not specialised on, so it stays out of the key.
-        dtypes = tuple(None if t is None else t.dtype for t in pointers)
-        key = (head_size, block_h, block_d, fp8_max, fp8_bias, num_heads, strides, dtypes, aligned(*pointers))
+        key = (head_size, block_h, block_d, fp8_max, fp8_bias, num_heads, strides)
 
     def constexprs() -> dict[str, object]:
         return dict(
@@ -203,6 +202,6 @@ def merge_attn_states(
         )  # fmt: skip
 
     _launcher.launch(
-        key, (num_tokens, triton.cdiv(num_heads, block_h)), (*pointers, num_heads, with_context, *strides),
+        key, (num_tokens, cdiv(num_heads, block_h)), pointers, (num_heads, with_context, *strides),
         constexprs, output.device,
     )  # fmt: skip

@@ -32,9 +32,10 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from attnops._common.backend import sm_count, triton_interpreted
-from attnops._common.fastpath import Launcher, aligned
+from attnops._common.backend import programmatic_launch, sm_count, triton_interpreted
+from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
 
@@ -260,8 +261,14 @@ def _partition_kernel(
     USE_DOT: tl.constexpr,
     HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """The softmax statistics and normalised output of one split for one GQA group of heads."""
+    """The softmax statistics and normalised output of one split for one GQA group of heads.
+
+    With ``PDL`` the reduction launched next may start once every program here has started.
+    """
+    if PDL:
+        gdc_launch_dependents()
     # The kv heads of one (sequence, split) run side by side: they read neighbouring 4 KiB runs of
     # the same cache blocks.
     kv_head = tl.program_id(0)
@@ -369,17 +376,21 @@ def _reduce_kernel(
     SUB: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     WRITE_PARTITIONS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses.
 
     With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``SUB`` of them per
     partition, and each step of ``REDUCE_TILE`` splits (whole partitions) also folds them into
     their partitions' statistics (max logit, exp sum, output / (exp sum + 1e-6)), as the partition
-    kernel writes them when a split is a partition.
+    kernel writes them when a split is a partition. With ``PDL`` (a programmatic dependent launch)
+    it waits for the partition kernel after reading the sequence length.
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
     count = tl.cdiv(tl.load(seq_lens + seq), split_size)
+    if PDL:
+        gdc_wait()
     row = (seq * num_heads + head).to(tl.int64)
     base = row * num_splits
     p = tl.arange(0, REDUCE_TILE)
@@ -461,14 +472,14 @@ def _config(
     """
     heads_per_kv = num_heads // num_kv_heads
     use_dot = heads_per_kv > 1
-    head_pad = triton.next_power_of_2(head_size)
+    head_pad = next_power_of_2(head_size)
     tile = max(block_size, _MANY_TILE_TOKENS if many else _TILE_TOKENS)
     row_bytes = head_pad * dtype.itemsize
     wanted_stages = _MANY_STAGES if many else _NUM_STAGES
     stages = wanted_stages if wanted_stages * 2 * tile * row_bytes <= _STAGE_BYTES else 1
     return {
         "HEADS_PER_KV": heads_per_kv,
-        "GROUP_PAD": max(16, triton.next_power_of_2(heads_per_kv)) if use_dot else 1,
+        "GROUP_PAD": max(16, next_power_of_2(heads_per_kv)) if use_dot else 1,
         "HEAD_SIZE": head_size,
         "HEAD_PAD": head_pad,
         "TILE": tile,
@@ -492,7 +503,7 @@ def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.d
         return PARTITION_SIZE
     wanted = _PROGRAMS_PER_SM * sm_count(device)
     split = _MAX_SPLIT
-    while split > _MIN_SPLIT and num_seqs * num_kv_heads * triton.cdiv(capacity, split) < wanted:
+    while split > _MIN_SPLIT and num_seqs * num_kv_heads * cdiv(capacity, split) < wanted:
         split //= 2
     return split
 
@@ -516,7 +527,7 @@ def _reduce_width(head_size: int, partitions: bool) -> int:
     # Partition statistics hold a second weighted copy of the tile: half the width (sm_90, head 128:
     # 64 splits a step spill there, 32 take 194 registers).
     elements = _REDUCE_ELEMENTS // 2 if partitions else _REDUCE_ELEMENTS
-    return min(_REDUCE_TILE, max(1, elements // triton.next_power_of_2(head_size)))
+    return min(_REDUCE_TILE, max(1, elements // next_power_of_2(head_size)))
 
 
 def _v2_split(num_seqs: int, num_kv_heads: int, capacity: int, head_size: int, device: torch.device) -> int:
@@ -527,7 +538,7 @@ def _v2_split(num_seqs: int, num_kv_heads: int, capacity: int, head_size: int, d
     64-token ones 21.7 us, 128-token ones 19.3 us).
     """
     split = min(PARTITION_SIZE, _auto_split(num_seqs, num_kv_heads, capacity, device))
-    folded = triton.next_power_of_2(triton.cdiv(capacity, _reduce_width(head_size, partitions=True)))
+    folded = next_power_of_2(cdiv(capacity, _reduce_width(head_size, partitions=True)))
     return max(split, min(PARTITION_SIZE, folded))
 
 
@@ -538,10 +549,10 @@ def _wave_split(pairs: int, capacity: int, slots: int) -> int:
     waves x (split + ``_PROGRAM_COST_TOKENS``), the finish time of the last wave; ties go to the
     larger split (fewer programs).
     """
-    largest = min(_MAX_WAVE_SPLIT, triton.cdiv(capacity, _MIN_SPLIT) * _MIN_SPLIT)
+    largest = min(_MAX_WAVE_SPLIT, cdiv(capacity, _MIN_SPLIT) * _MIN_SPLIT)
     best, best_cost = _MIN_SPLIT, None
     for split in range(_MIN_SPLIT, largest + 1, _MIN_SPLIT):
-        waves = triton.cdiv(pairs * triton.cdiv(capacity, split), slots)
+        waves = cdiv(pairs * cdiv(capacity, split), slots)
         cost = waves * (split + _PROGRAM_COST_TOKENS)
         if best_cost is None or cost <= best_cost:
             best, best_cost = split, cost
@@ -573,8 +584,8 @@ def _partition_launch(
     split: int,
     num_splits: int,
     many: bool,
-) -> tuple[tuple, tuple, tuple, Callable[[], dict[str, object]]]:
-    """:func:`_partition_kernel`'s launch as ``(shape and flags, pointers, args, constexprs)``:
+) -> tuple[tuple | None, tuple, tuple, Callable[[], dict[str, object]]]:
+    """:func:`_partition_kernel`'s launch as ``(launch key, pointers, scalars, constexprs)``:
     into ``stats`` (max logits, exp sums, fp32 outputs), or straight into ``out`` (and ``lse``)
     when ``stats`` is ``None`` (one split)."""
     query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype, *_ = inputs
@@ -596,16 +607,18 @@ def _partition_launch(
         pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
     )  # fmt: skip
     shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
-    flags = (key_cache.shape[4], fp8, inputs.sparse is not None, many)
+    # The reduction that follows a launch into split statistics overlaps its tail.
+    pdl = not direct and programmatic_launch(query.device)
+    flags = (key_cache.shape[4], fp8, inputs.sparse is not None, many, pdl)
 
     def constexprs() -> dict[str, object]:
         return dict(
             BLOCK_SIZE=block_size, X=key_cache.shape[4], FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
             SPARSE=inputs.sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct,
-            WRITE_LSE=lse is not None, **_config(*shape, many),
+            WRITE_LSE=lse is not None, PDL=pdl, **_config(*shape, many),
         )  # fmt: skip
 
-    return (shape, flags, ints), pointers, (*pointers, scale, *ints), constexprs
+    return _launch_key(shape, flags, ints), pointers, (scale, *ints), constexprs
 
 
 def _partition(
@@ -619,11 +632,9 @@ def _partition(
     many: bool,
 ) -> None:
     """Launches :func:`_partition_kernel` over (kv head, sequence, split) (see :func:`_partition_launch`)."""
-    (shape, flags, ints), pointers, args, constexprs = _partition_launch(
-        out, lse, stats, tmp_out, inputs, split, num_splits, many
-    )
+    key, pointers, scalars, constexprs = _partition_launch(out, lse, stats, tmp_out, inputs, split, num_splits, many)
     grid = (inputs.key_cache.shape[1], inputs.query.shape[0], num_splits)
-    _partition_launcher.launch(_launch_key(shape, flags, ints, pointers), grid, args, constexprs, inputs.query.device)
+    _partition_launcher.launch(key, grid, pointers, scalars, constexprs, inputs.query.device)
 
 
 # Resident programs per kernel configuration, keyed by what the configuration depends on.
@@ -639,24 +650,23 @@ def _resident_programs(inputs: _Inputs) -> int:
     )  # fmt: skip
     if key not in _residents:
         stats = (torch.float32,) * 3
-        _, _, args, constexprs = _partition_launch(None, None, stats, None, inputs, _MAX_SPLIT, 2, True)
-        _residents[key] = _partition_launcher.resident(args, constexprs(), query.device)
+        _, pointers, scalars, constexprs = _partition_launch(None, None, stats, None, inputs, _MAX_SPLIT, 2, True)
+        _residents[key] = _partition_launcher.resident((*pointers, *scalars), constexprs(), query.device)
     return _residents[key]
 
 
-def _launch_key(shape: tuple, flags: tuple, ints: tuple, pointers: tuple) -> tuple | None:
-    """What a launch specialises on (see :class:`Launcher`): ``None`` off the GPU."""
-    if shape[-1]:
-        return None
-    return shape, flags, ints, tuple(None if t is None else t.dtype for t in pointers), aligned(*pointers)
+def _launch_key(shape: tuple, flags: tuple, ints: tuple) -> tuple | None:
+    """What a launch specialises on besides its pointers (see :class:`Launcher`): ``None`` off the GPU."""
+    return None if shape[-1] else (shape, flags, ints)
 
 
 def _scratch(num_seqs: int, num_heads: int, num_splits: int, head_size: int, device: torch.device) -> tuple:
     """fp32 ``(max logits, exp sums, outputs)`` of every split, from one allocation."""
     rows = num_seqs * num_heads * num_splits
     buffer = torch.empty(rows * (head_size + 2), dtype=torch.float32, device=device)
-    max_logits, exp_sums, split_out = buffer.split([rows, rows, rows * head_size])
-    return max_logits, exp_sums, split_out.view(num_seqs, num_heads, num_splits, head_size)
+    # Slices rather than Tensor.split, whose Python wrapper costs microseconds a call.
+    split_out = buffer[2 * rows :].view(num_seqs, num_heads, num_splits, head_size)
+    return buffer[:rows], buffer[rows : 2 * rows], split_out
 
 
 def _reduce(
@@ -676,22 +686,21 @@ def _reduce(
     num_partitions = 0 if part_max is None else part_max.shape[-1]
     pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
     ints = (num_seqs, num_heads, num_splits, num_partitions, split)
-    head_pad = triton.next_power_of_2(head_size)
+    head_pad = next_power_of_2(head_size)
     sub = 1 if partitions is None else PARTITION_SIZE // split
     widest = _reduce_width(head_size, partitions is not None)
     # Powers of two: a step always holds whole partitions.
-    reduce_tile = max(sub, min(widest, triton.next_power_of_2(num_splits)))
-    shape = (head_size, sub, reduce_tile, triton_interpreted())
+    reduce_tile = max(sub, min(widest, next_power_of_2(num_splits)))
+    pdl = programmatic_launch(out.device)
+    shape = (head_size, sub, reduce_tile, pdl, triton_interpreted())
 
     def constexprs() -> dict[str, object]:
         return dict(
             HEAD_SIZE=head_size, HEAD_PAD=head_pad, REDUCE_TILE=reduce_tile, SUB=sub,
-            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
+            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None, PDL=pdl, launch_pdl=pdl,
         )  # fmt: skip
 
-    _reduce_launcher.launch(
-        _launch_key(shape, (), ints, pointers), (num_seqs, num_heads), (*pointers, *ints), constexprs, out.device
-    )
+    _reduce_launcher.launch(_launch_key(shape, (), ints), (num_seqs, num_heads), pointers, ints, constexprs, out.device)
 
 
 def _attention(
@@ -725,10 +734,10 @@ def _attention(
     pairs = num_seqs * key_cache.shape[1]
     capacity = block_tables.shape[1] * key_cache.shape[3]
     chosen = split or _auto_split(num_seqs, key_cache.shape[1], capacity, device)
-    many = _many_programs(pairs * triton.cdiv(capacity, chosen), device)
+    many = _many_programs(pairs * cdiv(capacity, chosen), device)
     if split is None and many and device.type == "cuda":
         chosen = _wave_split(pairs, capacity, _resident_programs(inputs) * sm_count(device))
-    num_splits = triton.cdiv(capacity, chosen)
+    num_splits = cdiv(capacity, chosen)
     if num_splits <= 1:
         _partition(out, lse, None, None, inputs, chosen, 1, many)
         return

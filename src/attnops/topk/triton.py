@@ -34,9 +34,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from attnops._common.backend import sm_count, triton_interpreted
-from attnops._common.fastpath import Launcher, aligned
+from attnops._common.backend import programmatic_launch, sm_count, triton_interpreted
+from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
 from attnops.topk.reference import storage_elements
 
@@ -462,14 +463,14 @@ def _chunk_kernel(
     starts_ptr,
     ends_ptr,
     lens_ptr,
+    cand_keys_ptr,
+    cand_cols_ptr,
+    chunk_info_ptr,
     bounds_stride,
     next_n,
     stride0,
     stride1,
     k,
-    cand_keys_ptr,
-    cand_cols_ptr,
-    chunk_info_ptr,
     DECODE: tl.constexpr,
     PER_ROW_LENS: tl.constexpr,
     WIDE: tl.constexpr,
@@ -481,6 +482,7 @@ def _chunk_kernel(
     MIN_FILL: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
 
@@ -489,6 +491,8 @@ def _chunk_kernel(
     ``chunk_info[r, c] = (written, bound)`` (int32 ``[num_rows, G, 2]``): no key left out is above
     ``bound`` (``_KEY_MIN`` when none is left out).
     """
+    if PDL:
+        gdc_launch_dependents()
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     offset, n = _row_span(
@@ -533,18 +537,18 @@ def _finish_kernel(
     starts_ptr,
     ends_ptr,
     lens_ptr,
+    out_ptr,
+    cand_keys_ptr,
+    cand_cols_ptr,
+    chunk_info_ptr,
     bounds_stride,
     next_n,
     stride0,
     stride1,
     k,
     available,
-    out_ptr,
     out_stride0,
     out_stride1,
-    cand_keys_ptr,
-    cand_cols_ptr,
-    chunk_info_ptr,
     num_chunk_programs,
     DECODE: tl.constexpr,
     PER_ROW_LENS: tl.constexpr,
@@ -557,6 +561,7 @@ def _finish_kernel(
     HAS_CANDIDATES: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
     row = tl.program_id(0)
@@ -590,6 +595,8 @@ def _finish_kernel(
     else:
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
+            if PDL:
+                gdc_wait()
             done = _select_candidates(
                 row_ptr, stride1, cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k,
                 out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, IN_REGISTERS, TILE, WIDE,
@@ -602,14 +609,12 @@ _chunk_launcher = Launcher(_chunk_kernel)
 _finish_launcher = Launcher(_finish_kernel)
 
 
-def _launch_key(args: tuple, params: dict[str, object]) -> tuple | None:
-    """What a launch specialises on (see :class:`Launcher`): every integer argument's value, every
-    tensor's dtype and 16-byte alignment, the constexprs and options. ``None`` off the GPU."""
+def _launch_key(scalars: tuple, params: dict[str, object]) -> tuple | None:
+    """What a launch specialises on besides its pointers (see :class:`Launcher`): every scalar
+    argument's value, the constexprs and options. ``None`` off the GPU."""
     if triton_interpreted():
         return None
-    tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
-    values = tuple(arg.dtype if isinstance(arg, torch.Tensor) else arg for arg in args)
-    return values, aligned(*tensors), tuple(params.items())
+    return scalars, tuple(params.items())
 
 
 def _in_registers(programs: int, device: torch.device) -> bool:
@@ -637,9 +642,10 @@ def _launch(
     # vLLM's logits are [rows, longest row]: wider ones get chunk programs for their long rows.
     # Rows the chunk programs do not cover are still exact (the streaming fallback).
     width = logits.shape[1]
-    chunk_programs = min(triton.cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
+    chunk_programs = min(cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
     available = storage_elements(logits)
-    bounds = (starts, ends, lens, starts.stride(0), next_n, stride0, stride1, k)
+    rows = (logits, starts, ends, lens)
+    bounds = (starts.stride(0), next_n, stride0, stride1, k)
     flags = dict(
         DECODE=decode,
         PER_ROW_LENS=per_row_lens,
@@ -648,35 +654,37 @@ def _launch(
         CHUNK=_CHUNK,
         CANDIDATES=_CANDIDATES,
     )
+    # The finish kernel overlaps the chunk kernel's tail (programmatic dependent launch).
+    pdl = chunk_programs > 0 and programmatic_launch(logits.device)
     chunk_in_registers = _in_registers(num_rows * chunk_programs, logits.device)
     finish_in_registers = _in_registers(num_rows, logits.device)
     if chunk_programs:
         cand_keys = torch.empty(num_rows, _CANDIDATES, dtype=torch.int32, device=logits.device)
         cand_cols = torch.empty_like(cand_keys)
         chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
-        args = (logits, *bounds, cand_keys, cand_cols, chunk_info)
         params = dict(
             **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
-            IN_REGISTERS=chunk_in_registers, TILE=_TILE,
+            IN_REGISTERS=chunk_in_registers, TILE=_TILE, PDL=pdl,
             num_warps=_LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS,
         )  # fmt: skip
         _chunk_launcher.launch(
-            _launch_key(args, params), (num_rows, chunk_programs), args, lambda: params, logits.device
-        )
+            _launch_key(bounds, params), (num_rows, chunk_programs), (*rows, cand_keys, cand_cols, chunk_info),
+            bounds, lambda: params, logits.device,
+        )  # fmt: skip
     else:
         # Never read (HAS_CANDIDATES is off).
         cand_keys = cand_cols = chunk_info = out
-    args = (
-        logits, *bounds, available, out, out.stride(0), out.stride(1), cand_keys, cand_cols, chunk_info,
-        chunk_programs,
-    )  # fmt: skip
+    scalars = (*bounds, available, out.stride(0), out.stride(1), chunk_programs)
     params = dict(
-        **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=triton.next_power_of_2(max(chunk_programs, 1)),
+        **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=next_power_of_2(max(chunk_programs, 1)),
         HAS_CANDIDATES=chunk_programs > 0,
-        IN_REGISTERS=finish_in_registers, TILE=_TILE,
+        IN_REGISTERS=finish_in_registers, TILE=_TILE, PDL=pdl, launch_pdl=pdl,
         num_warps=_FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS,
     )  # fmt: skip
-    _finish_launcher.launch(_launch_key(args, params), (num_rows,), args, lambda: params, logits.device)
+    _finish_launcher.launch(
+        _launch_key(scalars, params), (num_rows,), (*rows, out, cand_keys, cand_cols, chunk_info), scalars,
+        lambda: params, logits.device,
+    )  # fmt: skip
 
 
 @_prefill_dispatcher.register("triton")
