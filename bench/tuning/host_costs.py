@@ -1,42 +1,50 @@
-"""Host-time costs of the pieces of an eager decode call (run on a GPU machine).
+"""Host time of eager calls, against the host's own cost of a trivial PyTorch op (run on a GPU machine).
 
 PYTHONPATH=src python bench/tuning/host_costs.py
-Prints µs per call of: tensor attribute reads, torch.empty, a partition-kernel launch through the
-compiled handle and through Triton's JIT, the Triton v1 implementation and the public v1 call.
+Back-to-back calls (wall µs per call, the GPU kept ahead of the host) of: ``torch.add`` on a
+tiny tensor and ``torch.empty`` (what this host charges any eager op), the Triton v1
+implementation without validation, the public v1 / v2 / top-k / merge calls, and a CUDA-graph
+replay of the v1 call. Hosts of these machines differ in speed by ~1.5x: compare within a run.
 """
 
 import functools
 
 import torch
+from workloads import decode_calls, merge_call
 
 from attnops.bench.overhead import _decode_call, _wall_us_per_call
-from attnops.cache import make_paged_kv_cache
-from attnops.paged_attention import triton as kernels
+from attnops.topk import top_k_per_row_decode
 
 per_call_us = functools.partial(_wall_us_per_call, calls=2000)
 
 
+def _topk_call(rows: int, length: int):
+    logits = torch.randn(rows, length, device="cuda")
+    lens = torch.full((rows,), length, dtype=torch.int32, device="cuda")
+    out = torch.empty(rows, 2048, dtype=torch.int32, device="cuda")
+    return lambda: top_k_per_row_decode(logits, 1, lens, out, rows, length, 1, 2048)
+
+
 def main() -> None:
-    cache = make_paged_kv_cache([1024], 8, 128, 16, torch.bfloat16, device="cuda")
-    query = torch.randn(1, 32, 128, dtype=torch.bfloat16, device="cuda")
-    out = torch.empty_like(query)
-    tensors = [query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, out,
-               cache.k_scale, cache.v_scale, query, out]  # fmt: skip
-    print("t.shape x10", per_call_us(lambda: [t.shape for t in tensors]))
-    print("t.data_ptr() x10", per_call_us(lambda: [t.data_ptr() for t in tensors]))
-    print("torch.empty", per_call_us(lambda: torch.empty(4096, device="cuda")))
-    inputs = kernels._Inputs(query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1,
-                             None, "auto", cache.k_scale, cache.v_scale, None)  # fmt: skip
-    args = (out, None, None, None, inputs, 1024, 1, False)
-    print("partition launch, compiled handle", per_call_us(lambda: kernels._partition(*args)))
-    launch_key = kernels._launch_key
-    kernels._launch_key = lambda *a: None
-    print("partition launch, Triton JIT", per_call_us(lambda: kernels._partition(*args)))
-    kernels._launch_key = launch_key
-    v1 = (out, query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1, None, "auto",
-          cache.k_scale, cache.v_scale, None)  # fmt: skip
-    print("triton v1 impl (no validation)", per_call_us(lambda: kernels.paged_attention_v1(*v1)))
-    print("public v1 call", per_call_us(_decode_call(1, 1024)))
+    a, b, c = (torch.ones(16, device="cuda") for _ in range(3))
+    rows = {
+        "torch.add(out=) tiny": lambda: torch.add(a, b, out=c),
+        "torch.empty": lambda: torch.empty(4096, device="cuda"),
+        "triton v1 impl 1x1024 (no validation)": decode_calls(1, 1024)[0],
+        "public v1 1x1024": _decode_call(1, 1024),
+        "public top-k decode 1x8192": _topk_call(1, 8192),
+        "public top-k decode 1x32768": _topk_call(1, 32768),
+        "public merge 512": merge_call(512)[0],
+    }
+    for name, call in rows.items():
+        print(f"{name}: {per_call_us(call):.1f} us per call", flush=True)
+    call = _decode_call(1, 1024)
+    graph = torch.cuda.CUDAGraph()
+    call()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        call()
+    print(f"graph replay v1 1x1024: {per_call_us(graph.replay):.1f} us per call", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,21 +42,6 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def programmatic_launch(device: torch.device) -> bool:
-    """Whether kernels on ``device`` may use programmatic dependent launch (Hopper and later GPUs).
-
-    A kernel launched with it starts while the kernel before it in the stream finishes, and waits
-    (``gdc_wait``) only where it reads that kernel's results: the launch latency and prologue of
-    a second kernel overlap the first's tail.
-    """
-    return device.type == "cuda" and not triton_interpreted() and _capability_major(device) >= 9
-
-
-@functools.cache
-def _capability_major(device: torch.device) -> int:
-    return torch.cuda.get_device_capability(device)[0]
-
-
 def requested_backend(backend: str | None) -> str:
     """The backend asked for: the argument, else ``ATTNOPS_BACKEND``, else ``"auto"``."""
     name = backend if backend is not None else os.environ.get("ATTNOPS_BACKEND", "auto")

@@ -32,9 +32,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from attnops._common.backend import programmatic_launch, sm_count, triton_interpreted
+from attnops._common.backend import sm_count, triton_interpreted
 from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
@@ -261,14 +260,8 @@ def _partition_kernel(
     USE_DOT: tl.constexpr,
     HALF_DOT: tl.constexpr,
     PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
 ):
-    """The softmax statistics and normalised output of one split for one GQA group of heads.
-
-    With ``PDL`` the reduction launched next may start once every program here has started.
-    """
-    if PDL:
-        gdc_launch_dependents()
+    """The softmax statistics and normalised output of one split for one GQA group of heads."""
     # The kv heads of one (sequence, split) run side by side: they read neighbouring 4 KiB runs of
     # the same cache blocks.
     kv_head = tl.program_id(0)
@@ -376,21 +369,17 @@ def _reduce_kernel(
     SUB: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     WRITE_PARTITIONS: tl.constexpr,
-    PDL: tl.constexpr,
 ):
     """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses.
 
     With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``SUB`` of them per
     partition, and each step of ``REDUCE_TILE`` splits (whole partitions) also folds them into
     their partitions' statistics (max logit, exp sum, output / (exp sum + 1e-6)), as the partition
-    kernel writes them when a split is a partition. With ``PDL`` (a programmatic dependent launch)
-    it waits for the partition kernel after reading the sequence length.
+    kernel writes them when a split is a partition.
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
     count = tl.cdiv(tl.load(seq_lens + seq), split_size)
-    if PDL:
-        gdc_wait()
     row = (seq * num_heads + head).to(tl.int64)
     base = row * num_splits
     p = tl.arange(0, REDUCE_TILE)
@@ -607,15 +596,13 @@ def _partition_launch(
         pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
     )  # fmt: skip
     shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
-    # The reduction that follows a launch into split statistics overlaps its tail.
-    pdl = not direct and programmatic_launch(query.device)
-    flags = (key_cache.shape[4], fp8, inputs.sparse is not None, many, pdl)
+    flags = (key_cache.shape[4], fp8, inputs.sparse is not None, many)
 
     def constexprs() -> dict[str, object]:
         return dict(
             BLOCK_SIZE=block_size, X=key_cache.shape[4], FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
             SPARSE=inputs.sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct,
-            WRITE_LSE=lse is not None, PDL=pdl, **_config(*shape, many),
+            WRITE_LSE=lse is not None, **_config(*shape, many),
         )  # fmt: skip
 
     return _launch_key(shape, flags, ints), pointers, (scale, *ints), constexprs
@@ -691,13 +678,12 @@ def _reduce(
     widest = _reduce_width(head_size, partitions is not None)
     # Powers of two: a step always holds whole partitions.
     reduce_tile = max(sub, min(widest, next_power_of_2(num_splits)))
-    pdl = programmatic_launch(out.device)
-    shape = (head_size, sub, reduce_tile, pdl, triton_interpreted())
+    shape = (head_size, sub, reduce_tile, triton_interpreted())
 
     def constexprs() -> dict[str, object]:
         return dict(
             HEAD_SIZE=head_size, HEAD_PAD=head_pad, REDUCE_TILE=reduce_tile, SUB=sub,
-            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None, PDL=pdl, launch_pdl=pdl,
+            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
         )  # fmt: skip
 
     _reduce_launcher.launch(_launch_key(shape, (), ints), (num_seqs, num_heads), pointers, ints, constexprs, out.device)

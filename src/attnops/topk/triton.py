@@ -34,9 +34,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from attnops._common.backend import programmatic_launch, sm_count, triton_interpreted
+from attnops._common.backend import sm_count, triton_interpreted
 from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
 from attnops.topk.reference import storage_elements
@@ -482,7 +481,6 @@ def _chunk_kernel(
     MIN_FILL: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
-    PDL: tl.constexpr,
 ):
     """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
 
@@ -491,8 +489,6 @@ def _chunk_kernel(
     ``chunk_info[r, c] = (written, bound)`` (int32 ``[num_rows, G, 2]``): no key left out is above
     ``bound`` (``_KEY_MIN`` when none is left out).
     """
-    if PDL:
-        gdc_launch_dependents()
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     offset, n = _row_span(
@@ -561,7 +557,6 @@ def _finish_kernel(
     HAS_CANDIDATES: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
-    PDL: tl.constexpr,
 ):
     """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
     row = tl.program_id(0)
@@ -595,8 +590,6 @@ def _finish_kernel(
     else:
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
-            if PDL:
-                gdc_wait()
             done = _select_candidates(
                 row_ptr, stride1, cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k,
                 out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, IN_REGISTERS, TILE, WIDE,
@@ -654,8 +647,6 @@ def _launch(
         CHUNK=_CHUNK,
         CANDIDATES=_CANDIDATES,
     )
-    # The finish kernel overlaps the chunk kernel's tail (programmatic dependent launch).
-    pdl = chunk_programs > 0 and programmatic_launch(logits.device)
     chunk_in_registers = _in_registers(num_rows * chunk_programs, logits.device)
     finish_in_registers = _in_registers(num_rows, logits.device)
     if chunk_programs:
@@ -664,7 +655,7 @@ def _launch(
         chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
         params = dict(
             **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
-            IN_REGISTERS=chunk_in_registers, TILE=_TILE, PDL=pdl,
+            IN_REGISTERS=chunk_in_registers, TILE=_TILE,
             num_warps=_LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS,
         )  # fmt: skip
         _chunk_launcher.launch(
@@ -678,7 +669,7 @@ def _launch(
     params = dict(
         **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=next_power_of_2(max(chunk_programs, 1)),
         HAS_CANDIDATES=chunk_programs > 0,
-        IN_REGISTERS=finish_in_registers, TILE=_TILE, PDL=pdl, launch_pdl=pdl,
+        IN_REGISTERS=finish_in_registers, TILE=_TILE,
         num_warps=_FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS,
     )  # fmt: skip
     _finish_launcher.launch(
