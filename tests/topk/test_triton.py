@@ -401,14 +401,16 @@ def test_cuda_graph_capture_and_replay(device):
         assert torch.equal(out[r].sort().values, eager[r].sort().values)
 
 
-def test_launch_key_holds_every_specialisation_input(monkeypatch):
-    # On the GPU a key's first launch is compiled and reused: the scalars and constexprs Triton
-    # specialises on must tell keys apart (the launcher adds the pointers' dtypes and alignment).
-    monkeypatch.setattr(kernels, "triton_interpreted", lambda: False)
-    params = {"TILE": 1024, "num_warps": 8}
-    key = kernels._launch_key((1, 16), params)
-    assert key == kernels._launch_key((1, 16), dict(params))
-    assert key != kernels._launch_key((2, 16), params)
-    assert key != kernels._launch_key((1, 16), {"TILE": 512, "num_warps": 8})
-    monkeypatch.setattr(kernels, "triton_interpreted", lambda: True)
-    assert kernels._launch_key((1, 16), params) is None
+def test_plan_keys_hold_every_constexpr():
+    # On the GPU a key's first launch is compiled and reused: a launch is keyed by its scalars and
+    # its plan's constexprs and options (the launcher adds the pointers' dtypes and alignment).
+    device = torch.device("cpu")
+    plan = kernels._plan(4, 20000, False, True, False, device, False)
+    assert plan.chunk_key == tuple(plan.chunk_params.items())
+    assert plan.finish_key == tuple(plan.finish_params.items())
+    assert plan.finish_key != kernels._plan(4, 20000, False, False, False, device, False).finish_key
+    assert plan.scratch_elements == 4 * (2 * kernels._CANDIDATES + 2 * plan.chunk_programs)
+    interpreted = kernels._plan(4, 20000, False, True, False, device, True)
+    assert interpreted.chunk_key is None and interpreted.finish_key is None
+    short = kernels._plan(4, 100, False, True, False, device, False)
+    assert short.chunk_programs == 0 and short.chunk_params is None and short.scratch_elements == 0

@@ -31,6 +31,9 @@ Two launches, with grids and scratch sizes from shapes only and no host synchron
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -457,14 +460,21 @@ def _select_candidates(
 
 
 @triton.jit
+def _candidate_buffers(scratch_ptr, CANDIDATES: tl.constexpr):
+    """The chunk kernel's outputs, carved from one int32 scratch buffer (one allocation a call):
+    candidate keys and columns ``[num_rows, CANDIDATES]`` each, then the chunk info; ``num_rows``
+    is the launch's first grid dimension."""
+    size = tl.num_programs(0).to(tl.int64) * CANDIDATES
+    return scratch_ptr, scratch_ptr + size, scratch_ptr + 2 * size
+
+
+@triton.jit
 def _chunk_kernel(
     logits_ptr,
     starts_ptr,
     ends_ptr,
     lens_ptr,
-    cand_keys_ptr,
-    cand_cols_ptr,
-    chunk_info_ptr,
+    scratch_ptr,
     bounds_stride,
     next_n,
     stride0,
@@ -484,13 +494,15 @@ def _chunk_kernel(
 ):
     """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
 
-    Writes ``cand_keys``/``cand_cols`` (int32 ``[num_rows, CANDIDATES]``) at the chunk's slots
+    Writes ``cand_keys``/``cand_cols`` (int32 ``[num_rows, CANDIDATES]`` in ``scratch``, see
+    :func:`_candidate_buffers`) at the chunk's slots
     ``[c * per_chunk, c * per_chunk + written)``, ``per_chunk = CANDIDATES // num_chunks``, and
     ``chunk_info[r, c] = (written, bound)`` (int32 ``[num_rows, G, 2]``): no key left out is above
     ``bound`` (``_KEY_MIN`` when none is left out).
     """
     row = tl.program_id(0)
     chunk = tl.program_id(1)
+    cand_keys_ptr, cand_cols_ptr, chunk_info_ptr = _candidate_buffers(scratch_ptr, CANDIDATES)
     offset, n = _row_span(
         row, starts_ptr, ends_ptr, lens_ptr, bounds_stride, next_n, stride0, stride1, DECODE, PER_ROW_LENS
     )
@@ -534,9 +546,7 @@ def _finish_kernel(
     ends_ptr,
     lens_ptr,
     out_ptr,
-    cand_keys_ptr,
-    cand_cols_ptr,
-    chunk_info_ptr,
+    scratch_ptr,
     bounds_stride,
     next_n,
     stride0,
@@ -590,6 +600,7 @@ def _finish_kernel(
     else:
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
+            cand_keys_ptr, cand_cols_ptr, chunk_info_ptr = _candidate_buffers(scratch_ptr, CANDIDATES)
             done = _select_candidates(
                 row_ptr, stride1, cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k,
                 out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, IN_REGISTERS, TILE, WIDE,
@@ -602,17 +613,56 @@ _chunk_launcher = Launcher(_chunk_kernel)
 _finish_launcher = Launcher(_finish_kernel)
 
 
-def _launch_key(scalars: tuple, params: dict[str, object]) -> tuple | None:
-    """What a launch specialises on besides its pointers (see :class:`Launcher`): every scalar
-    argument's value, the constexprs and options. ``None`` off the GPU."""
-    if triton_interpreted():
-        return None
-    return scalars, tuple(params.items())
-
-
 def _in_registers(programs: int, device: torch.device) -> bool:
     """Whether a launch of ``programs`` programs writes its results from registers (``_REGISTER_PROGRAMS_PER_SM``)."""
     return programs <= _REGISTER_PROGRAMS_PER_SM * sm_count(device)
+
+
+class _Plan(NamedTuple):
+    """What a launch of some shape takes besides its tensors: kept per shape (:func:`_plan`)."""
+
+    chunk_programs: int
+    scratch_elements: int
+    chunk_params: dict[str, object] | None
+    finish_params: dict[str, object]
+    # Launch keys of the constexprs and options (None under the interpreter).
+    chunk_key: tuple | None
+    finish_key: tuple | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(
+    num_rows: int, width: int, wide: bool, decode: bool, per_row_lens: bool, device: torch.device, interpreted: bool
+) -> _Plan:
+    """The launch parameters of ``num_rows`` rows of a ``width``-column logits tensor."""
+    # vLLM's logits are [rows, longest row]: wider ones get chunk programs for their long rows.
+    # Rows the chunk programs do not cover are still exact (the streaming fallback).
+    chunk_programs = min(cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
+    flags = dict(
+        DECODE=decode, PER_ROW_LENS=per_row_lens, WIDE=wide, SHORT_ROW=_SHORT_ROW, CHUNK=_CHUNK,
+        CANDIDATES=_CANDIDATES,
+    )  # fmt: skip
+    chunk_params = None
+    if chunk_programs:
+        chunk_in_registers = _in_registers(num_rows * chunk_programs, device)
+        chunk_params = dict(
+            **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
+            IN_REGISTERS=chunk_in_registers, TILE=_TILE,
+            num_warps=_LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS,
+        )  # fmt: skip
+    finish_in_registers = _in_registers(num_rows, device)
+    finish_params = dict(
+        **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=next_power_of_2(max(chunk_programs, 1)),
+        HAS_CANDIDATES=chunk_programs > 0, IN_REGISTERS=finish_in_registers, TILE=_TILE,
+        num_warps=_FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS,
+    )  # fmt: skip
+    # Candidate keys and columns, then the chunk info (see _candidate_buffers).
+    scratch = num_rows * (2 * _CANDIDATES + 2 * chunk_programs) if chunk_programs else 0
+
+    def key(params: dict[str, object] | None) -> tuple | None:
+        return None if interpreted or params is None else tuple(params.items())
+
+    return _Plan(chunk_programs, scratch, chunk_params, finish_params, key(chunk_params), key(finish_params))
 
 
 def _launch(
@@ -629,52 +679,29 @@ def _launch(
     stride1: int,
     k: int,
 ) -> None:
-    """Run the kernels for ``num_rows`` rows; the row-bound tensors are 1-D int32 with one common stride."""
+    """Run the kernels for ``num_rows`` rows; the row-bound tensors are 1-D int32 with one common stride.
+
+    A launch is keyed (see :class:`Launcher`) by its scalars and its plan's constexprs.
+    """
     if num_rows == 0:
         return
-    # vLLM's logits are [rows, longest row]: wider ones get chunk programs for their long rows.
-    # Rows the chunk programs do not cover are still exact (the streaming fallback).
-    width = logits.shape[1]
-    chunk_programs = min(cdiv(width, _CHUNK), _CANDIDATES, _MAX_GRID_Y) if width > _SHORT_ROW else 0
+    device = logits.device
     available = storage_elements(logits)
+    plan = _plan(num_rows, logits.shape[1], available >= 2**31, decode, per_row_lens, device, triton_interpreted())
     rows = (logits, starts, ends, lens)
     bounds = (starts.stride(0), next_n, stride0, stride1, k)
-    flags = dict(
-        DECODE=decode,
-        PER_ROW_LENS=per_row_lens,
-        WIDE=available >= 2**31,
-        SHORT_ROW=_SHORT_ROW,
-        CHUNK=_CHUNK,
-        CANDIDATES=_CANDIDATES,
-    )
-    chunk_in_registers = _in_registers(num_rows * chunk_programs, logits.device)
-    finish_in_registers = _in_registers(num_rows, logits.device)
-    if chunk_programs:
-        cand_keys = torch.empty(num_rows, _CANDIDATES, dtype=torch.int32, device=logits.device)
-        cand_cols = torch.empty_like(cand_keys)
-        chunk_info = torch.empty(num_rows, chunk_programs, 2, dtype=torch.int32, device=logits.device)
-        params = dict(
-            **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
-            IN_REGISTERS=chunk_in_registers, TILE=_TILE,
-            num_warps=_LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS,
-        )  # fmt: skip
+    if plan.chunk_programs:
+        scratch = torch.empty(plan.scratch_elements, dtype=torch.int32, device=device)
         _chunk_launcher.launch(
-            _launch_key(bounds, params), (num_rows, chunk_programs), (*rows, cand_keys, cand_cols, chunk_info),
-            bounds, lambda: params, logits.device,
+            None if plan.chunk_key is None else (bounds, plan.chunk_key), (num_rows, plan.chunk_programs),
+            (*rows, scratch), bounds, lambda: plan.chunk_params, device,
         )  # fmt: skip
     else:
-        # Never read (HAS_CANDIDATES is off).
-        cand_keys = cand_cols = chunk_info = out
-    scalars = (*bounds, available, out.stride(0), out.stride(1), chunk_programs)
-    params = dict(
-        **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=next_power_of_2(max(chunk_programs, 1)),
-        HAS_CANDIDATES=chunk_programs > 0,
-        IN_REGISTERS=finish_in_registers, TILE=_TILE,
-        num_warps=_FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS,
-    )  # fmt: skip
+        scratch = out  # never read (HAS_CANDIDATES is off)
+    scalars = (*bounds, available, out.stride(0), out.stride(1), plan.chunk_programs)
     _finish_launcher.launch(
-        _launch_key(scalars, params), (num_rows,), (*rows, out, cand_keys, cand_cols, chunk_info), scalars,
-        lambda: params, logits.device,
+        None if plan.finish_key is None else (scalars, plan.finish_key), (num_rows,), (*rows, out, scratch),
+        scalars, lambda: plan.finish_params, device,
     )  # fmt: skip
 
 
