@@ -48,7 +48,7 @@ def _set(values: dict) -> None:
     kernels._config.cache_clear()
     kernels._auto_split.cache_clear()
     kernels._wave_split.cache_clear()
-    kernels._residents.clear()
+    kernels._clear_plans()
     # Launch keys hold shapes, not these module constants: drop the compiled handles too.
     kernels._partition_launcher.compiled.clear()
     kernels._reduce_launcher.compiled.clear()

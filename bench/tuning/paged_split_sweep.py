@@ -45,7 +45,7 @@ def _apply(values: dict) -> None:
         setattr(kernels, name, value)
     kernels._config.cache_clear()
     kernels._partition_launcher.compiled.clear()
-    kernels._residents.clear()
+    kernels._clear_plans()
     kernels._reduce_launcher.compiled.clear()
 
 
@@ -62,14 +62,19 @@ def _resident() -> int:
     return _resident_blocks(compiled)
 
 
+def _default_split(v1) -> int:
+    """The split of the v1 call ``v1`` (a partial of the Triton entry point) at the default launch plan."""
+    _, query, key_cache, value_cache, block_tables, _, _, alibi_slopes, kv_cache_dtype, *_ = v1.args
+    layout = kernels._layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, None)
+    return kernels._v1_plan(layout, None, False).split
+
+
 def defaults(peak: float) -> None:
     _apply(DEFAULTS)
     for num_seqs, context in GRID:
         v1, v2, nbytes = decode_calls(num_seqs, context)
-        kernels._partition_launcher.compiled.clear()
         t1 = _us(v1)
-        # The launch key's integer arguments hold the split (see _partition_launch).
-        split = next(iter(kernels._partition_launcher.compiled))[2][9]
+        split = _default_split(v1)
         t2 = _us(v2)
         print(f"  defaults seqs={num_seqs:3d} ctx={context:5d}: v1 {t1:7.1f} us {nbytes / t1 / 1e3 / peak:6.1%} "
               f"(split {split})  v2 {t2:7.1f} us {nbytes / t2 / 1e3 / peak:6.1%}", flush=True)  # fmt: skip

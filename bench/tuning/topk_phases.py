@@ -34,7 +34,7 @@ def _phases(logits, out, n, k, VARIANT: tl.constexpr, ROW: tl.constexpr, TILE: t
             mid = mid + tl.sum((keys >= mid).to(tl.int32), axis=0) - k
         tl.store(out_row, mid)
     else:
-        lo, hi, count_hi = kernels._search(keys, n, k, k)
+        lo, hi, count_hi = kernels._search(keys, n, k, k, True)
         if VARIANT == 2:
             tl.store(out_row, lo.to(tl.int32))
         elif VARIANT == 3:

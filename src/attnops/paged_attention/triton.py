@@ -26,7 +26,6 @@ in CUDA graphs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -548,145 +547,232 @@ def _wave_split(pairs: int, capacity: int, slots: int) -> int:
     return best
 
 
-class _Inputs(NamedTuple):
-    """The attention inputs every partition launch of one call shares."""
+# Launch plans kept (per input layout, split and output kind), at most.
+_PLANS = 4096
+
+
+class _Layout(NamedTuple):
+    """The metadata of a call's inputs that its launches depend on (the key of its plan)."""
+
+    num_seqs: int
+    num_heads: int
+    head_size: int
+    num_kv_heads: int
+    block_size: int
+    x: int
+    table_columns: int
+    # Query sequence, block-table row, key block, key head, value block, value head.
+    strides: tuple[int, ...]
+    dtype: torch.dtype
+    cache_dtype: torch.dtype
+    kv_cache_dtype: str
+    has_alibi: bool
+    sparse: BlockSparse | None
+    device: torch.device
+    interpreted: bool
+
+    @property
+    def capacity(self) -> int:
+        """Tokens the block table holds (it stands for the context length, which only the device knows)."""
+        return self.table_columns * self.block_size
+
+
+def _layout(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    sparse: BlockSparse | None,
+) -> _Layout:
+    num_seqs, num_heads, head_size = query.shape
+    _, num_kv_heads, _, block_size, x = key_cache.shape
+    k_stride, v_stride = key_cache.stride(), value_cache.stride()
+    strides = (query.stride(0), block_tables.stride(0), k_stride[0], k_stride[1], v_stride[0], v_stride[1])
+    return _Layout(
+        num_seqs, num_heads, head_size, num_kv_heads, block_size, x, block_tables.shape[1], strides, query.dtype,
+        key_cache.dtype, kv_cache_dtype, alibi_slopes is not None, sparse, query.device, triton_interpreted(),
+    )  # fmt: skip
+
+
+class _Tensors(NamedTuple):
+    """The input tensors every partition launch of a call reads (dtypes in their place for a warm-up)."""
 
     query: torch.Tensor
     key_cache: torch.Tensor
     value_cache: torch.Tensor
     block_tables: torch.Tensor
     seq_lens: torch.Tensor
-    scale: float
     alibi_slopes: torch.Tensor | None
-    kv_cache_dtype: str
     k_scale: torch.Tensor
     v_scale: torch.Tensor
-    sparse: BlockSparse | None
 
 
-def _partition_launch(
-    out: torch.Tensor | None,
-    lse: torch.Tensor | None,
-    stats: tuple[torch.Tensor | torch.dtype, ...] | None,
-    tmp_out: torch.Tensor | None,
-    inputs: _Inputs,
-    split: int,
-    num_splits: int,
-    many: bool,
-) -> tuple[tuple | None, tuple, tuple, Callable[[], dict[str, object]]]:
-    """:func:`_partition_kernel`'s launch as ``(launch key, pointers, scalars, constexprs)``:
-    into ``stats`` (max logits, exp sums, fp32 outputs), or straight into ``out`` (and ``lse``)
-    when ``stats`` is ``None`` (one split)."""
-    query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype, *_ = inputs
-    num_heads, head_size = query.shape[1:]
-    num_kv_heads, block_size = key_cache.shape[1], key_cache.shape[3]
-    pattern = inputs.sparse or _DENSE
-    fp8 = _FP8_KINDS[kv_cache_dtype]
-    direct = stats is None
-    # Pointers a launch never reads are passed as None (no launcher checks, no specialisation).
-    max_logits, exp_sums, split_out = stats or (None, None, None)
-    pointers = (
-        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, inputs.k_scale if fp8 else None,
-        inputs.v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out if direct else None,
-        lse if direct else None,
-    )  # fmt: skip
+class _Step(NamedTuple):
+    """One launch of a plan, all but its pointers (and the partition kernel's scale)."""
+
+    key: tuple | None
+    grid: tuple[int, ...]
+    scalars: tuple
+    constexprs: dict[str, object]
+
+
+class _Plan(NamedTuple):
+    """A call's launches: the partition kernel, then the reduction unless the partition kernel
+    writes ``out`` itself (``reduce is None``: one split)."""
+
+    split: int
+    num_splits: int
+    partition: _Step
+    reduce: _Step | None
+
+
+def _launch_key(layout: _Layout, constexprs: dict[str, object], ints: tuple) -> tuple | None:
+    """What a launch specialises on besides its pointers (see :class:`Launcher`): ``None`` off the GPU."""
+    return None if layout.interpreted else (tuple(constexprs.items()), ints)
+
+
+def _partition_step(
+    layout: _Layout, split: int, num_splits: int, many: bool, direct: bool, write_tmp: bool, write_lse: bool
+) -> _Step:
+    """:func:`_partition_kernel` over (kv head, sequence, split): into split statistics, or, ``direct``
+    (one split), straight into ``out`` (and the lse with ``write_lse``); v2's partition output
+    also into ``tmp_out`` with ``write_tmp``."""
+    pattern = layout.sparse or _DENSE
     ints = (
-        query.stride(0), block_tables.stride(0), key_cache.stride(0), key_cache.stride(1), value_cache.stride(0),
-        value_cache.stride(1), num_heads, num_kv_heads, num_splits, split, pattern.local_blocks,
+        *layout.strides, layout.num_heads, layout.num_kv_heads, num_splits, split, pattern.local_blocks,
         pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
     )  # fmt: skip
-    shape = (num_heads, num_kv_heads, head_size, block_size, query.dtype, triton_interpreted())
-    flags = (key_cache.shape[4], fp8, inputs.sparse is not None, many)
-
-    def constexprs() -> dict[str, object]:
-        return dict(
-            BLOCK_SIZE=block_size, X=key_cache.shape[4], FP8=fp8, HAS_ALIBI=alibi_slopes is not None,
-            SPARSE=inputs.sparse is not None, WRITE_TMP=tmp_out is not None, DIRECT=direct,
-            WRITE_LSE=lse is not None, **_config(*shape, many),
-        )  # fmt: skip
-
-    return _launch_key(shape, flags, ints), pointers, (scale, *ints), constexprs
-
-
-def _partition(
-    out: torch.Tensor,
-    lse: torch.Tensor | None,
-    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    tmp_out: torch.Tensor | None,
-    inputs: _Inputs,
-    split: int,
-    num_splits: int,
-    many: bool,
-) -> None:
-    """Launches :func:`_partition_kernel` over (kv head, sequence, split) (see :func:`_partition_launch`)."""
-    key, pointers, scalars, constexprs = _partition_launch(out, lse, stats, tmp_out, inputs, split, num_splits, many)
-    grid = (inputs.key_cache.shape[1], inputs.query.shape[0], num_splits)
-    _partition_launcher.launch(key, grid, pointers, scalars, constexprs, inputs.query.device)
-
-
-# Resident programs per kernel configuration, keyed by what the configuration depends on.
-_residents: dict[tuple, int] = {}
-
-
-def _resident_programs(inputs: _Inputs) -> int:
-    """Partition programs of a many-program launch into split statistics that one SM runs at once."""
-    query, key_cache = inputs.query, inputs.key_cache
-    key = (
-        query.shape[1:], key_cache.shape[1:], query.dtype, key_cache.dtype, inputs.kv_cache_dtype,
-        inputs.alibi_slopes is None, inputs.sparse is None, query.device,
+    config = _config(
+        layout.num_heads, layout.num_kv_heads, layout.head_size, layout.block_size, layout.dtype, layout.interpreted,
+        many,
     )  # fmt: skip
+    constexprs = dict(
+        BLOCK_SIZE=layout.block_size, X=layout.x, FP8=_FP8_KINDS[layout.kv_cache_dtype], HAS_ALIBI=layout.has_alibi,
+        SPARSE=layout.sparse is not None, WRITE_TMP=write_tmp, DIRECT=direct, WRITE_LSE=write_lse, **config,
+    )  # fmt: skip
+    grid = (layout.num_kv_heads, layout.num_seqs, num_splits)
+    return _Step(_launch_key(layout, constexprs, ints), grid, ints, constexprs)
+
+
+def _partition_pointers(
+    tensors: _Tensors,
+    fp8: bool,
+    stats: tuple | None,
+    tmp_out: torch.Tensor | None,
+    out: torch.Tensor | None,
+    lse: torch.Tensor | None,
+) -> tuple:
+    """:func:`_partition_kernel`'s pointers: into ``stats`` (max logits, exp sums, fp32 outputs), or
+    into ``out`` (and ``lse``) when ``stats`` is ``None``. Those a launch never reads are ``None``
+    (no launcher checks, no specialisation)."""
+    direct = stats is None
+    max_logits, exp_sums, split_out = stats or (None, None, None)
+    query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale = tensors
+    return (
+        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale if fp8 else None,
+        v_scale if fp8 else None, max_logits, exp_sums, split_out, tmp_out, out if direct else None,
+        lse if direct else None,
+    )  # fmt: skip
+
+
+def _reduce_step(layout: _Layout, split: int, num_splits: int, num_partitions: int, with_lse: bool) -> _Step:
+    """:func:`_reduce_kernel` over (sequence, head) for ``num_splits`` splits of ``split`` tokens; with
+    ``num_partitions`` > 0 (v2's sub-splits) it also writes the statistics of ``PARTITION_SIZE``-token
+    partitions."""
+    partitions = num_partitions > 0
+    sub = PARTITION_SIZE // split if partitions else 1
+    # Powers of two: a step always holds whole partitions.
+    reduce_tile = max(sub, min(_reduce_width(layout.head_size, partitions), next_power_of_2(num_splits)))
+    constexprs = dict(
+        HEAD_SIZE=layout.head_size, HEAD_PAD=next_power_of_2(layout.head_size), REDUCE_TILE=reduce_tile, SUB=sub,
+        WRITE_LSE=with_lse, WRITE_PARTITIONS=partitions,
+    )  # fmt: skip
+    ints = (layout.num_seqs, layout.num_heads, num_splits, num_partitions, split)
+    return _Step(_launch_key(layout, constexprs, ints), (layout.num_seqs, layout.num_heads), ints, constexprs)
+
+
+# Resident programs per kernel configuration (a layout without its sizes and strides).
+_residents: dict[_Layout, int] = {}
+
+
+def _resident_programs(layout: _Layout) -> int:
+    """Partition programs of a many-program launch into split statistics that one SM runs at once."""
+    key = layout._replace(num_seqs=0, table_columns=0, strides=(), sparse=layout.sparse and _DENSE)
     if key not in _residents:
-        stats = (torch.float32,) * 3
-        _, pointers, scalars, constexprs = _partition_launch(None, None, stats, None, inputs, _MAX_SPLIT, 2, True)
-        _residents[key] = _partition_launcher.resident((*pointers, *scalars), constexprs(), query.device)
+        step = _partition_step(layout, _MAX_SPLIT, 2, True, direct=False, write_tmp=False, write_lse=False)
+        fp32 = torch.float32
+        dtypes = _Tensors(
+            layout.dtype, layout.cache_dtype, layout.cache_dtype, torch.int32, torch.int32,
+            fp32 if layout.has_alibi else None, fp32, fp32,
+        )  # fmt: skip
+        fp8 = _FP8_KINDS[layout.kv_cache_dtype] != 0
+        pointers = _partition_pointers(dtypes, fp8, (fp32,) * 3, None, None, None)
+        _residents[key] = _partition_launcher.resident((*pointers, 1.0, *step.scalars), step.constexprs, layout.device)
     return _residents[key]
 
 
-def _launch_key(shape: tuple, flags: tuple, ints: tuple) -> tuple | None:
-    """What a launch specialises on besides its pointers (see :class:`Launcher`): ``None`` off the GPU."""
-    return None if shape[-1] else (shape, flags, ints)
+@functools.lru_cache(maxsize=_PLANS)
+def _v1_plan(layout: _Layout, split: int | None, with_lse: bool) -> _Plan:
+    """v1 and ``paged_decode``: as many splits as the block table can hold; one launch if that is one.
+
+    The default split on the GPU: :func:`_auto_split`'s, then, for a launch of many programs,
+    :func:`_wave_split`'s for the compiled kernel's resident programs.
+    """
+    pairs = layout.num_seqs * layout.num_kv_heads
+    chosen = split or _auto_split(layout.num_seqs, layout.num_kv_heads, layout.capacity, layout.device)
+    many = _many_programs(pairs * cdiv(layout.capacity, chosen), layout.device)
+    if split is None and many and layout.device.type == "cuda":
+        chosen = _wave_split(pairs, layout.capacity, _resident_programs(layout) * sm_count(layout.device))
+    num_splits = cdiv(layout.capacity, chosen)
+    if num_splits <= 1:
+        return _Plan(chosen, 1, _partition_step(layout, chosen, 1, many, True, False, with_lse), None)
+    partition = _partition_step(layout, chosen, num_splits, many, False, False, False)
+    return _Plan(chosen, num_splits, partition, _reduce_step(layout, chosen, num_splits, 0, with_lse))
 
 
-def _scratch(num_seqs: int, num_heads: int, num_splits: int, head_size: int, device: torch.device) -> tuple:
+@functools.lru_cache(maxsize=_PLANS)
+def _v2_plan(layout: _Layout, split: int | None, num_partitions: int) -> _Plan:
+    """v2: vLLM's partitions, computed whole (the partition kernel writes their statistics) or, by
+    default where few sequences would leave SMs idle (:func:`_v2_split`), as sub-splits that the
+    reduction folds into them."""
+    split = split or _v2_split(layout.num_seqs, layout.num_kv_heads, layout.capacity, layout.head_size, layout.device)
+    num_splits = num_partitions * (PARTITION_SIZE // split)
+    whole = split == PARTITION_SIZE
+    many = _many_programs(layout.num_seqs * layout.num_kv_heads * num_splits, layout.device)
+    partition = _partition_step(layout, split, num_splits, many, False, whole, False)
+    reduce = _reduce_step(layout, split, num_splits, 0 if whole else num_partitions, False)
+    return _Plan(split, num_splits, partition, reduce)
+
+
+def _clear_plans() -> None:
+    """Forget every plan and resident-program count (after a change of the launch constants)."""
+    _v1_plan.cache_clear()
+    _v2_plan.cache_clear()
+    _residents.clear()
+
+
+def _scratch(layout: _Layout, num_splits: int) -> tuple:
     """fp32 ``(max logits, exp sums, outputs)`` of every split, from one allocation."""
-    rows = num_seqs * num_heads * num_splits
-    buffer = torch.empty(rows * (head_size + 2), dtype=torch.float32, device=device)
+    rows = layout.num_seqs * layout.num_heads * num_splits
+    buffer = torch.empty(rows * (layout.head_size + 2), dtype=torch.float32, device=layout.device)
     # Slices rather than Tensor.split, whose Python wrapper costs microseconds a call.
-    split_out = buffer[2 * rows :].view(num_seqs, num_heads, num_splits, head_size)
+    split_out = buffer[2 * rows :].view(layout.num_seqs, layout.num_heads, num_splits, layout.head_size)
     return buffer[:rows], buffer[rows : 2 * rows], split_out
 
 
-def _reduce(
-    out: torch.Tensor,
-    lse: torch.Tensor | None,
-    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    seq_lens: torch.Tensor,
-    split: int,
-    partitions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+def _launch(
+    plan: _Plan, scale: float, partition_pointers: tuple, reduce_pointers: tuple | None, device: torch.device
 ) -> None:
-    """Launches :func:`_reduce_kernel` over the splits in ``stats``; with ``partitions`` (v2's
-    max logits, exp sums and tmp_out) the splits are sub-splits of ``PARTITION_SIZE``-token
-    partitions, whose statistics it also writes."""
-    max_logits, exp_sums, split_out = stats
-    num_seqs, num_heads, num_splits, head_size = split_out.shape
-    part_max, part_sum, part_out = partitions or (None, None, None)
-    num_partitions = 0 if part_max is None else part_max.shape[-1]
-    pointers = (out, lse, max_logits, exp_sums, split_out, part_max, part_sum, part_out, seq_lens)
-    ints = (num_seqs, num_heads, num_splits, num_partitions, split)
-    head_pad = next_power_of_2(head_size)
-    sub = 1 if partitions is None else PARTITION_SIZE // split
-    widest = _reduce_width(head_size, partitions is not None)
-    # Powers of two: a step always holds whole partitions.
-    reduce_tile = max(sub, min(widest, next_power_of_2(num_splits)))
-    shape = (head_size, sub, reduce_tile, triton_interpreted())
-
-    def constexprs() -> dict[str, object]:
-        return dict(
-            HEAD_SIZE=head_size, HEAD_PAD=head_pad, REDUCE_TILE=reduce_tile, SUB=sub,
-            WRITE_LSE=lse is not None, WRITE_PARTITIONS=partitions is not None,
-        )  # fmt: skip
-
-    _reduce_launcher.launch(_launch_key(shape, (), ints), (num_seqs, num_heads), pointers, ints, constexprs, out.device)
+    """Runs a plan's launches with this call's pointers."""
+    step = plan.partition
+    _partition_launcher.launch(
+        step.key, step.grid, partition_pointers, (scale, *step.scalars), lambda: step.constexprs, device
+    )
+    if plan.reduce is not None:
+        step = plan.reduce
+        _reduce_launcher.launch(step.key, step.grid, reduce_pointers, step.scalars, lambda: step.constexprs, device)
 
 
 def _attention(
@@ -705,31 +791,20 @@ def _attention(
     sparse: BlockSparse | None,
     split: int | None,
 ) -> None:
-    """v1 and ``paged_decode``: as many splits as the block table can hold; one launch if that is one.
-
-    The default split on the GPU: :func:`_auto_split`'s, then, for a launch of many programs,
-    :func:`_wave_split`'s for the compiled kernel's resident programs.
-    """
-    num_seqs, num_heads, head_size = query.shape
+    """v1 and ``paged_decode`` (see :func:`_v1_plan`)."""
     _check_split(split, key_cache.shape[3], partitions=False)
-    if num_seqs == 0:
+    if query.shape[0] == 0:
         return
-    inputs = _Inputs(query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
-                     k_scale, v_scale, sparse)  # fmt: skip
-    device = query.device
-    pairs = num_seqs * key_cache.shape[1]
-    capacity = block_tables.shape[1] * key_cache.shape[3]
-    chosen = split or _auto_split(num_seqs, key_cache.shape[1], capacity, device)
-    many = _many_programs(pairs * cdiv(capacity, chosen), device)
-    if split is None and many and device.type == "cuda":
-        chosen = _wave_split(pairs, capacity, _resident_programs(inputs) * sm_count(device))
-    num_splits = cdiv(capacity, chosen)
-    if num_splits <= 1:
-        _partition(out, lse, None, None, inputs, chosen, 1, many)
+    layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
+    plan = _v1_plan(layout, split, lse is not None)
+    tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
+    fp8 = _FP8_KINDS[kv_cache_dtype] != 0
+    if plan.reduce is None:
+        _launch(plan, scale, _partition_pointers(tensors, fp8, None, None, out, lse), None, layout.device)
         return
-    stats = _scratch(num_seqs, num_heads, num_splits, head_size, device)
-    _partition(out, lse, stats, None, inputs, chosen, num_splits, many)
-    _reduce(out, lse, stats, seq_lens, chosen)
+    stats = _scratch(layout, plan.num_splits)
+    partition_pointers = _partition_pointers(tensors, fp8, stats, None, out, lse)
+    _launch(plan, scale, partition_pointers, (out, lse, *stats, None, None, None, seq_lens), layout.device)
 
 
 @_v1_dispatcher.register("triton")
@@ -784,22 +859,23 @@ def paged_attention_v2(
     statistics the reduction folds into the partition's. The reduction reads fp32 copies of the
     outputs (a scratch buffer), as the reference does.
     """
-    num_seqs, num_heads, head_size = query.shape
     _check_split(split, key_cache.shape[3], partitions=True)
-    if num_seqs == 0:
+    if query.shape[0] == 0:
         return
-    capacity = block_tables.shape[1] * key_cache.shape[3]
-    split = split or _v2_split(num_seqs, key_cache.shape[1], capacity, head_size, query.device)
-    num_splits = exp_sums.shape[2] * (PARTITION_SIZE // split)
-    stats = _scratch(num_seqs, num_heads, num_splits, head_size, query.device)
-    direct = split == PARTITION_SIZE
-    if direct:
+    layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
+    plan = _v2_plan(layout, split, exp_sums.shape[2])
+    stats = _scratch(layout, plan.num_splits)
+    tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
+    fp8 = _FP8_KINDS[kv_cache_dtype] != 0
+    if plan.split == PARTITION_SIZE:
+        # Whole partitions: the partition kernel writes their statistics and tmp_out.
         stats = (max_logits, exp_sums, stats[2])
-    inputs = _Inputs(query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
-                     k_scale, v_scale, sparse)  # fmt: skip
-    many = _many_programs(num_seqs * key_cache.shape[1] * num_splits, query.device)
-    _partition(out, None, stats, tmp_out if direct else None, inputs, split, num_splits, many)
-    _reduce(out, None, stats, seq_lens, split, None if direct else (max_logits, exp_sums, tmp_out))
+        partition_pointers = _partition_pointers(tensors, fp8, stats, tmp_out, out, None)
+        reduce_pointers = (out, None, *stats, None, None, None, seq_lens)
+    else:
+        partition_pointers = _partition_pointers(tensors, fp8, stats, None, out, None)
+        reduce_pointers = (out, None, *stats, max_logits, exp_sums, tmp_out, seq_lens)
+    _launch(plan, scale, partition_pointers, reduce_pointers, layout.device)
 
 
 @_decode_dispatcher.register("triton")
