@@ -138,8 +138,20 @@ def _weighted_values(p, v, USE_DOT: tl.constexpr, HALF_DOT: tl.constexpr, PRECIS
 
 
 @triton.jit
+def _block_ids(table, tile_start, end, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):
+    """The cache block of each token of the tile from ``tile_start`` (0 from ``end`` on), int32 ``[TILE]``.
+
+    Loaded a tile ahead of its use, so that a tile's K/V loads do not wait on its block ids (with
+    one pipeline stage nothing else overlaps that round trip).
+    """
+    t = tl.arange(0, TILE)
+    # tile_start is a multiple of BLOCK_SIZE: token t is slot t % BLOCK_SIZE of its block.
+    return tl.load(table + tile_start // BLOCK_SIZE + t // BLOCK_SIZE, mask=tile_start + t < end, other=0)
+
+
+@triton.jit
 def _tile(
-    m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+    m, s, acc, q, tile_start, end, seq_len, block, k_base, v_base, k_stride_block, v_stride_block, d_mask,
     ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
     COMPUTE: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_SIZE: tl.constexpr,
     HEAD_PAD: tl.constexpr, X: tl.constexpr,
@@ -149,22 +161,18 @@ def _tile(
     """One online-softmax step over the ``TILE`` tokens from ``tile_start``: the new ``(m, s, acc)``.
 
     K (as ``[TILE, HEAD_PAD // X, X]``, then viewed as ``[HEAD_PAD, TILE]``) and V
-    ``[TILE, HEAD_PAD]`` are gathered through a per-token block id, hinted constant over each
-    block's slots so that the loads stay vectorised and cover whole cache lines (``X`` head
-    elements of a key slot, ``BLOCK_SIZE`` slots of a value row are contiguous). ``MASKED`` tiles
-    may run past ``end``: slots there may hold NaN and are loaded as 0.
+    ``[TILE, HEAD_PAD]`` are gathered through the per-token block ids ``block`` (see
+    :func:`_block_ids`), hinted constant over each block's slots so that the loads stay vectorised
+    and cover whole cache lines (``X`` head elements of a key slot, ``BLOCK_SIZE`` slots of a value
+    row are contiguous). ``MASKED`` tiles may run past ``end``: slots there may hold NaN and are
+    loaded as 0.
     """
     t = tl.arange(0, TILE)
     d = tl.arange(0, HEAD_PAD)
     tok = tile_start + t
-    # tile_start is a multiple of BLOCK_SIZE: token t is slot t % BLOCK_SIZE of its block.
-    entry = tile_start // BLOCK_SIZE + t // BLOCK_SIZE
     slot = t % BLOCK_SIZE
     if MASKED:
         valid = tok < end
-        block = tl.load(table + entry, mask=valid, other=0)
-    else:
-        block = tl.load(table + entry)
     block = tl.max_constancy(block.to(tl.int64), [BLOCK_SIZE])
     v_ptrs = v_base + (block * v_stride_block + slot)[:, None] + (d * BLOCK_SIZE)[None, :]
     # K as [TILE, HEAD_PAD // X, X]: Triton puts a warp's threads along the first non-contiguous
@@ -313,16 +321,19 @@ def _partition_kernel(
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
     # Full tiles load without per-slot masks; the last, partial tile of the split is masked.
     full_end = start + (end - start) // TILE * TILE
+    block = _block_ids(table, start, end, BLOCK_SIZE, TILE)
     for tile_start in range(start, full_end, TILE):
+        following = _block_ids(table, tile_start + TILE, end, BLOCK_SIZE, TILE)
         m, s, acc = _tile(
-            m, s, acc, q, tile_start, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+            m, s, acc, q, tile_start, end, seq_len, block, k_base, v_base, k_stride_block, v_stride_block, d_mask,
             ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
             compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION,
             False,
         )  # fmt: skip
+        block = following
     if full_end < end:
         m, s, acc = _tile(
-            m, s, acc, q, full_end, end, seq_len, table, k_base, v_base, k_stride_block, v_stride_block, d_mask,
+            m, s, acc, q, full_end, end, seq_len, block, k_base, v_base, k_stride_block, v_stride_block, d_mask,
             ks, vs, scale, slopes, query_block, offset, sparse_local_blocks, sparse_vert_stride, sparse_block_size,
             compute, BLOCK_SIZE, TILE, HEAD_SIZE, HEAD_PAD, X, FP8, HAS_ALIBI, SPARSE, USE_DOT, HALF_DOT, PRECISION,
             True,
