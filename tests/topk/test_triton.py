@@ -30,6 +30,14 @@ SMALL = dict(_SHORT_ROW=64, _CHUNK=32, _CANDIDATES=128, _TILE=16, _SLACK_MIN=2)
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def fresh_plans():
+    """Launch plans are kept per shape: tests that patch the kernel's constants must not leave theirs."""
+    kernels._plan.cache_clear()
+    yield
+    kernels._plan.cache_clear()
+
+
 def use_small_sizes(monkeypatch, emission):
     """The tiny constants of ``SMALL``; every launch writes its results from tiles read again
     (``emission="tiles"``) or from the keys held in registers (``"registers"``)."""
