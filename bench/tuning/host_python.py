@@ -1,0 +1,110 @@
+"""Python cost of the Triton implementations' host paths, on any CPU (no GPU, no kernel runs).
+
+PYTHONPATH=src python bench/tuning/host_python.py [CASE]
+Every launcher gets a stand-in kernel whose compiled handle does nothing, and the device queries a
+GPU would answer (SM count, resident programs, the current stream) are fixed, so what is timed is
+our host code up to Triton's C launcher: validation excluded, CPU tensors of the SPEC §3 shapes.
+Prints µs per call of each case; with a CASE name, a cProfile of it instead.
+"""
+
+import cProfile
+import functools
+import pstats
+import sys
+import timeit
+
+import torch
+
+from attnops.cache import make_paged_kv_cache
+from attnops.merge import triton as merge_kernels
+from attnops.paged_attention import triton as paged_kernels
+from attnops.topk import triton as topk_kernels
+
+SMS = 132
+
+
+class _Compiled:
+    function = 1
+
+    def __getitem__(self, grid):
+        return lambda *args, stream=None: None
+
+
+class _Kernel:
+    def __init__(self, kernel):
+        self.arg_names = kernel.arg_names
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: _Compiled()
+
+
+def _stand_ins() -> None:
+    torch._C._cuda_getCurrentRawStream = lambda index: 0
+    launchers = ((paged_kernels, ("_partition_launcher", "_reduce_launcher")),
+                 (topk_kernels, ("_chunk_launcher", "_finish_launcher")), (merge_kernels, ("_launcher",)))  # fmt: skip
+    for module, names in launchers:
+        for name in names:
+            launcher = getattr(module, name)
+            launcher.kernel = _Kernel(launcher.kernel)
+        module.sm_count = lambda device: SMS
+    paged_kernels._resident_programs = lambda layout: 8
+    paged_kernels._many_programs = lambda programs, device: programs >= 2 * SMS
+
+    @functools.cache
+    def auto_split(num_seqs, num_kv_heads, capacity, device):
+        split = paged_kernels._MAX_SPLIT
+        wanted = paged_kernels._PROGRAMS_PER_SM * SMS
+        while split > paged_kernels._MIN_SPLIT and num_seqs * num_kv_heads * -(-capacity // split) < wanted:
+            split //= 2
+        return split
+
+    paged_kernels._auto_split = auto_split
+
+
+def cases() -> dict:
+    calls = {}
+    for num_seqs, context in ((1, 1024), (8, 4096)):
+        cache = make_paged_kv_cache([context] * num_seqs, 8, 128, 16, torch.bfloat16, device="cpu")
+        query = torch.randn(num_seqs, 32, 128, dtype=torch.bfloat16)
+        out = torch.empty_like(query)
+        common = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 0.1, None, "auto",
+                  cache.k_scale, cache.v_scale, None)  # fmt: skip
+        parts = -(-context // 512)
+        stats = torch.empty(2, num_seqs, 32, parts)
+        tmp = torch.empty(num_seqs, 32, parts, 128, dtype=torch.bfloat16)
+        calls[f"paged v1 {num_seqs}x{context}"] = functools.partial(paged_kernels.paged_attention_v1, out, *common)
+        calls[f"paged v2 {num_seqs}x{context}"] = functools.partial(
+            paged_kernels.paged_attention_v2, out, stats[0], stats[1], tmp, *common
+        )
+    for rows, width in ((1, 8192), (1, 32768), (128, 131072)):
+        logits = torch.randn(rows, width)
+        lens = torch.full((rows,), width, dtype=torch.int32)
+        out = torch.empty(rows, 2048, dtype=torch.int32)
+        calls[f"top-k decode {rows}x{width}"] = functools.partial(
+            topk_kernels.top_k_per_row_decode, logits, 1, lens, out, rows, width, 1, 2048
+        )
+    prefix, suffix = torch.randn(2, 512, 32, 128, dtype=torch.bfloat16)
+    lse = torch.randn(3, 32, 512)
+    merged = torch.empty_like(prefix)
+    calls["merge 512"] = functools.partial(
+        merge_kernels.merge_attn_states, merged, prefix, lse[0], suffix, lse[1], lse[2], None, None
+    )
+    return calls
+
+
+def main() -> None:
+    _stand_ins()
+    calls = cases()
+    if len(sys.argv) > 1:
+        call = calls[sys.argv[1]]
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [call() for _ in range(3000)])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+        return
+    for name, call in calls.items():
+        call()
+        print(f"{name}: {timeit.timeit(call, number=5000) / 5000 * 1e6:.1f} us per call", flush=True)
+
+
+if __name__ == "__main__":
+    main()
