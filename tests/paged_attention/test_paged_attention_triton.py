@@ -6,6 +6,8 @@ reach a result fails every comparison.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -184,6 +186,21 @@ def test_block_sparse(device, sparse):
     expected = run_v2("torch", cache, query, slopes, 3, sparse)
     for actual, want in zip(got, expected, strict=True):
         close(actual, want, torch.float32, equal_nan=True)
+
+
+def test_plans_follow_the_layout(device):
+    # Launch plans are kept per input layout: a call with the same shapes but another query
+    # stride, ALiBi or not, or a wider block table must not take an earlier call's plan.
+    cache, query, slopes = setup(device, [0, 70, 300], 4, 2, 64, 16, torch.float32, alibi=True)
+    wider = dataclasses.replace(cache, block_tables=torch.cat([cache.block_tables, cache.block_tables], dim=1))
+    for layout in (cache, wider):
+        for q in (query, query.contiguous()):
+            for alibi in (slopes, None):
+                close(run_v1("triton", layout, q, alibi), run_v1("torch", layout, q, alibi), torch.float32)
+                out, lse = run_decode("triton", layout, q, alibi)
+                expected_out, expected_lse = run_decode("torch", layout, q, alibi)
+                close(out, expected_out, torch.float32)
+                close(lse, expected_lse, torch.float32)
 
 
 def test_split_size_is_a_parameter(device):
