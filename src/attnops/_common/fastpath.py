@@ -21,8 +21,9 @@ import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Signatures kept per cache; a process that sees more distinct ones starts over.
-_MAX_ENTRIES = 4096
+# Signatures kept per cache (validation verdicts, compiled handles, launch plans); a process that
+# sees more distinct ones starts over (or, for plans, drops the least recently used).
+MAX_ENTRIES = 4096
 _MISS = object()
 
 
@@ -65,7 +66,7 @@ def memoize_validation(validator: F) -> F:
             return validator(*args, **kwargs)
         if verdict is _MISS:
             verdict = validator(*args, **kwargs)
-            if len(verdicts) >= _MAX_ENTRIES:
+            if len(verdicts) >= MAX_ENTRIES:
                 verdicts.clear()
             verdicts[key] = verdict
         return verdict
@@ -140,7 +141,7 @@ class Launcher:
         if hasattr(compiled, "function"):
             # The compiled handle takes every parameter positionally, constexprs included.
             tail = tuple(params[name] for name in self.kernel.arg_names[len(pointers) + len(scalars) :])
-            if len(self.compiled) >= _MAX_ENTRIES:
+            if len(self.compiled) >= MAX_ENTRIES:
                 self.compiled.clear()
             self.compiled[key] = (compiled, tail)
 

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import sm_count, triton_interpreted
-from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
+from attnops._common.fastpath import MAX_ENTRIES, Launcher, cdiv, next_power_of_2
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
 
@@ -558,10 +558,6 @@ def _wave_split(pairs: int, capacity: int, slots: int) -> int:
     return best
 
 
-# Launch plans kept (per input layout, split and output kind), at most.
-_PLANS = 4096
-
-
 class _Layout(NamedTuple):
     """The metadata of a call's inputs that its launches depend on (the key of its plan)."""
 
@@ -724,7 +720,7 @@ def _resident_programs(layout: _Layout) -> int:
     return _residents[key]
 
 
-@functools.lru_cache(maxsize=_PLANS)
+@functools.lru_cache(maxsize=MAX_ENTRIES)
 def _v1_plan(layout: _Layout, split: int | None, with_lse: bool) -> _Plan:
     """v1 and ``paged_decode``: as many splits as the block table can hold; one launch if that is one.
 
@@ -743,7 +739,7 @@ def _v1_plan(layout: _Layout, split: int | None, with_lse: bool) -> _Plan:
     return _Plan(chosen, num_splits, partition, _reduce_step(layout, chosen, num_splits, 0, with_lse))
 
 
-@functools.lru_cache(maxsize=_PLANS)
+@functools.lru_cache(maxsize=MAX_ENTRIES)
 def _v2_plan(layout: _Layout, split: int | None, num_partitions: int) -> _Plan:
     """v2: vLLM's partitions, computed whole (the partition kernel writes their statistics) or, by
     default where few sequences would leave SMs idle (:func:`_v2_split`), as sub-splits that the

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import sm_count, triton_interpreted
-from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
+from attnops._common.fastpath import MAX_ENTRIES, Launcher, cdiv, next_power_of_2
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
 from attnops.topk.reference import storage_elements
 
@@ -630,7 +630,7 @@ class _Plan(NamedTuple):
     finish_key: tuple | None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=MAX_ENTRIES)
 def _plan(
     num_rows: int, width: int, wide: bool, decode: bool, per_row_lens: bool, device: torch.device, interpreted: bool
 ) -> _Plan:
