@@ -65,14 +65,23 @@ def test_cuda_verdicts_are_memoised_per_signature(monkeypatch):
 
 
 class FakeCompiled:
-    """Stands for a compiled Triton kernel: records the launches through its handle."""
+    """Stands for a compiled Triton kernel: records the launches through its handle, direct
+    (``run``, as Triton's runner calls it without hooks) or through the runner (``[grid]``)."""
 
     function = object()
+    packed_metadata = object()
 
     def __init__(self):
         self.launches = []
+        self.runner_launches = 0
+
+    def run(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, *args):
+        assert function is self.function and packed_metadata is self.packed_metadata
+        assert args[:3] == (None, None, None)  # launch metadata and the two hooks
+        self.launches.append(((grid_x, grid_y, grid_z), args[3:], stream))
 
     def __getitem__(self, grid):
+        self.runner_launches += 1
         return lambda *args, stream: self.launches.append((grid, args, stream))
 
 
@@ -117,7 +126,29 @@ def test_launcher_reuses_the_compiled_handle(monkeypatch):
     # Tensors as addresses, constexprs in signature order, launch options left out, the grid
     # made three-dimensional.
     assert kernel.compiled.launches == [((2, 5, 1), (second.data_ptr(), 13, 3, 4), 1001)]
+    assert kernel.compiled.runner_launches == 0
     assert len(made) == 2
+
+
+def test_launcher_keeps_triton_launch_hooks(monkeypatch):
+    """With a launch hook registered (a profiler's), launches go through Triton's runner, which calls it."""
+    knobs = pytest.importorskip("triton").knobs
+    from attnops._common.fastpath import Launcher
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 7, raising=False)
+    kernel = FakeKernel()
+    launcher = Launcher(kernel)
+    device = torch.device("cuda", 0)
+    x = torch.zeros(4)
+    # Triton's default (an empty chain of hooks), then a hook.
+    for hook in (knobs.runtime.launch_enter_hook, lambda metadata: None):
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", hook)
+        for _ in range(2):
+            launcher.launch(("k",), (3,), (x,), (5,), lambda: {"C": 1, "D": 2}, device)
+    # The first launch compiles; the second goes direct, the last two through the runner.
+    assert len(kernel.jit_launches) == 1
+    assert kernel.compiled.runner_launches == 2
+    assert kernel.compiled.launches == [((3, 1, 1), (x.data_ptr(), 5, 1, 2), 7)] * 3
 
 
 @pytest.mark.parametrize(
