@@ -294,6 +294,28 @@ def test_reduction_in_several_steps(device, monkeypatch, reduce_tile):
         close(actual, want, torch.float32, equal_nan=True)
 
 
+def test_reduction_over_head_chunks(device, monkeypatch):
+    # A launch of fewer (sequence, head) pairs than SMs reduces each head in chunks of head dims
+    # (4 of 32 dims for head 128 here); the first chunk alone writes the lse and v2's statistics.
+    from attnops.paged_attention import triton as kernels
+
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 1024)
+    cache, query, slopes = setup(device, [0, 1, 200, 640], 4, 2, 128, 16, torch.float32, alibi=True)
+    layout = kernels._layout(query, cache.key_cache, cache.value_cache, cache.block_tables, slopes, "auto", None)
+    assert kernels._reduce_chunks(layout) == 4
+    args = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 128**-0.5, slopes, "auto")
+    out, lse = kernels.paged_decode(*args, cache.k_scale, cache.v_scale, split=64)
+    expected_out, expected_lse = run_decode("torch", cache, query, slopes)
+    close(out, expected_out, torch.float32)
+    close(lse, expected_lse, torch.float32)
+    for split in (64, 512):
+        expected = run_v2("torch", cache, query, slopes, 2)
+        got = [torch.full_like(t, float("nan")) for t in expected]
+        kernels.paged_attention_v2(*got, *args, cache.k_scale, cache.v_scale, None, split=split)
+        for actual, want in zip(got, expected, strict=True):
+            close(actual, want, torch.float32, equal_nan=True)
+
+
 def test_auto_picks_triton_only_for_cuda(device):
     from attnops.paged_attention import api
     from attnops.paged_attention import triton as kernels

@@ -10,8 +10,9 @@ Both kernels read vLLM's cache layouts in place:
    products. It writes the split's ``(max logit, exp sum, output / (exp sum + 1e-6))``: vLLM's v2
    partition statistics, whose partition is the split (``split_size = PARTITION_SIZE``). Programs past
    their sequence's end exit without writing.
-2. :func:`_reduce_kernel`, one program per (sequence, query head): vLLM's v2 reduction of the
-   splits (a one-split sequence copies its split output) and the log-sum-exp.
+2. :func:`_reduce_kernel`, one program per (sequence, query head), or per head-dim chunk of one
+   when there are fewer pairs than SMs: vLLM's v2 reduction of the splits (a one-split sequence
+   copies its split output) and the log-sum-exp.
 
 The split is device-aware: ``PARTITION_SIZE`` tokens, or fewer where a few sequences would leave
 SMs idle (:func:`_auto_split`); v2 then computes each partition as sub-splits whose statistics the
@@ -81,8 +82,12 @@ _DENSE = BlockSparse(local_blocks=0, vert_stride=1, block_size=1, head_sliding_s
 # Splits reduced per step of the reduce kernel, at most (its fp32 tile holds at most
 # _REDUCE_ELEMENTS outputs): one step for up to 64 splits of a head-128 row, so a small batch's
 # reduction waits on one round of loads (245 registers a thread on sm_90, no spills).
-_REDUCE_TILE = 64
+_REDUCE_TILE = 256
 _REDUCE_ELEMENTS = 8192
+# Launches of fewer (sequence, head) pairs than SMs split each head's reduction over head-dim
+# chunks of at least _MIN_REDUCE_CHUNK dims (a 128-byte line of fp32 per split), so that more SMs
+# pull the splits' outputs: one sequence of 32 heads reads 64 KiB a head at 128 splits.
+_MIN_REDUCE_CHUNK = 32
 
 
 @triton.jit
@@ -230,8 +235,8 @@ def _partition_kernel(
     k_scale,  # fp32 [1] (read only for fp8)
     v_scale,  # fp32 [1] (read only for fp8)
     max_logits,  # fp32 [num_seqs, num_heads, num_splits]
-    exp_sums,  # fp32 [num_seqs, num_heads, num_splits]
-    split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE]
+    exp_sums,  # fp32 [num_seqs, num_heads, num_splits], from exp_sums_offset
+    split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE], from split_out_offset
     tmp_out,  # query dtype, as split_out (written only with WRITE_TMP)
     out,  # [num_seqs, num_heads, HEAD_SIZE], contiguous (written only with DIRECT)
     lse,  # fp32 [num_heads, num_seqs] (written only with DIRECT and WRITE_LSE)
@@ -251,6 +256,8 @@ def _partition_kernel(
     sparse_block_size,
     sparse_head_sliding_step,
     sparse_tp_rank,
+    exp_sums_offset,
+    split_out_offset,
     HEADS_PER_KV: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_SIZE: tl.constexpr,
@@ -351,10 +358,62 @@ def _partition_kernel(
             tl.store(lse + heads * tl.num_programs(1) + seq, m + tl.log(s), mask=g_mask)
     else:
         tl.store(max_logits + rows, m, mask=g_mask)
-        tl.store(exp_sums + rows, s, mask=g_mask)
-        tl.store(split_out + out_offsets, result, mask=out_mask)
+        tl.store(exp_sums + exp_sums_offset + rows, s, mask=g_mask)
+        tl.store(split_out + split_out_offset + out_offsets, result, mask=out_mask)
         if WRITE_TMP:
             tl.store(tmp_out + out_offsets, result.to(tmp_out.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _fold(
+    running, total_sum, acc, m, s, o, row, first, count, d, d_mask, num_partitions, part_max, part_sum, part_out,
+    write_stats, HEAD_SIZE: tl.constexpr, HEAD_CHUNK: tl.constexpr, REDUCE_TILE: tl.constexpr, SUB: tl.constexpr,
+    WRITE_PARTITIONS: tl.constexpr,
+):  # fmt: skip
+    """One step of :func:`_reduce_kernel`: splits ``first + [0, REDUCE_TILE)`` (unused ones masked:
+    max logit ``-FLT_MAX``, exp sum and output 0) folded into the running ``(max, sum, acc)``; v2's
+    partition maxima and sums are written where ``write_stats``."""
+    # One pass: the running max rescales what was summed so far (a single step, the usual case,
+    # is exactly vLLM's max-first reduction).
+    tile_max = tl.max(m, axis=0)
+    new_max = tl.maximum(running, tile_max)
+    shrink = tl.exp(running - new_max)
+    weight = s * tl.exp(m - new_max)
+    total_sum = total_sum * shrink + tl.sum(weight, axis=0)
+    acc = acc * shrink + tl.sum(weight[:, None] * o, axis=0)
+    if WRITE_PARTITIONS:
+        # The step holds PARTS whole partitions of SUB splits each. A split's output is its
+        # acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
+        PARTS: tl.constexpr = REDUCE_TILE // SUB
+        m_parts = tl.reshape(m, [PARTS, SUB])
+        s_parts = tl.reshape(s, [PARTS, SUB])
+        o_parts = tl.reshape(o, [PARTS, SUB, HEAD_CHUNK])
+        parts_max = tl.max(m_parts, axis=1)
+        rescale = tl.exp(m_parts - parts_max[:, None])
+        parts_sum = tl.sum(s_parts * rescale, axis=1)
+        weighted = ((s_parts + _SOFTMAX_EPS) * rescale)[:, :, None] * o_parts
+        parts_out = tl.sum(weighted, axis=1) / (parts_sum + _SOFTMAX_EPS)[:, None]
+        index = first // SUB + tl.arange(0, PARTS)
+        # Partitions with no used split stay untouched, as vLLM's.
+        written = index < tl.cdiv(count, SUB)
+        slots = row * num_partitions + index
+        # (A compare, not written & write_stats: the interpreter rejects a tensor & scalar mask.)
+        stats_written = index < tl.where(write_stats, tl.cdiv(count, SUB), 0)
+        tl.store(part_max + slots, parts_max, mask=stats_written)
+        tl.store(part_sum + slots, parts_sum, mask=stats_written)
+        out_ptrs = part_out + slots[:, None] * HEAD_SIZE + d[None, :]
+        tl.store(out_ptrs, parts_out.to(part_out.dtype.element_ty), mask=written[:, None] & d_mask[None, :])
+    return new_max, total_sum, acc
+
+
+@triton.jit
+def _split_tile(max_logits, exp_sums, split_out, base, part, used, d, d_mask, HEAD_SIZE: tl.constexpr):
+    """Max logits, exp sums and fp32 outputs ``[REDUCE_TILE, HEAD_CHUNK]`` of the splits ``part``
+    (``used``: masked to ``-FLT_MAX``, 0, 0 elsewhere)."""
+    m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX)
+    s = tl.load(exp_sums + base + part, mask=used, other=0.0)
+    o = tl.load(split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :], mask=used[:, None] & d_mask[None, :])
+    return m, s, o
 
 
 @triton.jit
@@ -362,8 +421,8 @@ def _reduce_kernel(
     out,  # [num_seqs, num_heads, HEAD_SIZE], contiguous
     lse,  # fp32 [num_heads, num_seqs] (written only with WRITE_LSE)
     max_logits,  # fp32 [num_seqs, num_heads, num_splits]
-    exp_sums,  # fp32 [num_seqs, num_heads, num_splits]
-    split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE]
+    exp_sums,  # fp32 [num_seqs, num_heads, num_splits], from exp_sums_offset
+    split_out,  # fp32 [num_seqs, num_heads, num_splits, HEAD_SIZE], from split_out_offset
     part_max,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
     part_sum,  # fp32 [num_seqs, num_heads, num_partitions] (written only with WRITE_PARTITIONS)
     part_out,  # [num_seqs, num_heads, num_partitions, HEAD_SIZE] (written only with WRITE_PARTITIONS)
@@ -373,8 +432,10 @@ def _reduce_kernel(
     num_splits,
     num_partitions,
     split_size,
+    exp_sums_offset,
+    split_out_offset,
     HEAD_SIZE: tl.constexpr,
-    HEAD_PAD: tl.constexpr,
+    HEAD_CHUNK: tl.constexpr,
     REDUCE_TILE: tl.constexpr,
     SUB: tl.constexpr,
     WRITE_LSE: tl.constexpr,
@@ -382,59 +443,49 @@ def _reduce_kernel(
 ):
     """vLLM's v2 reduction of one (sequence, head)'s splits, reading only the splits its length uses.
 
-    With ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``SUB`` of them per
+    Program ``(seq, head, chunk)`` reduces head dims ``[chunk * HEAD_CHUNK, (chunk + 1) * HEAD_CHUNK)``
+    (a few heads spread over more SMs); the first chunk also writes the statistics. With
+    ``WRITE_PARTITIONS`` the splits are sub-splits of v2's partitions, ``SUB`` of them per
     partition, and each step of ``REDUCE_TILE`` splits (whole partitions) also folds them into
     their partitions' statistics (max logit, exp sum, output / (exp sum + 1e-6)), as the partition
     kernel writes them when a split is a partition.
     """
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    count = tl.cdiv(tl.load(seq_lens + seq), split_size)
+    chunk = tl.program_id(2)
+    exp_sums += exp_sums_offset
+    split_out += split_out_offset
     row = (seq * num_heads + head).to(tl.int64)
     base = row * num_splits
     p = tl.arange(0, REDUCE_TILE)
-    d = tl.arange(0, HEAD_PAD)
+    d = chunk * HEAD_CHUNK + tl.arange(0, HEAD_CHUNK)
     d_mask = d < HEAD_SIZE
-
-    # One pass: the running max rescales what was summed so far (a single step, the usual case,
-    # is exactly vLLM's max-first reduction).
+    write_stats = chunk == 0
+    # The first step's splits are loaded before the sequence's length arrives (the scratch holds
+    # every split; those past the length hold anything and are masked after).
+    seq_len = tl.load(seq_lens + seq)
+    m, s, o = _split_tile(max_logits, exp_sums, split_out, base, p, p < num_splits, d, d_mask, HEAD_SIZE)
+    # At most num_splits even for a length past the block table (unchecked on the GPU).
+    count = tl.minimum(tl.cdiv(seq_len, split_size), num_splits)
+    used = p < count
+    m = tl.where(used, m, -_FLT_MAX)
+    s = tl.where(used, s, 0.0)
+    o = tl.where(used[:, None], o, 0.0)
     running = tl.full((), -_FLT_MAX, tl.float32)
     total_sum = tl.zeros((), tl.float32)
-    acc = tl.zeros([HEAD_PAD], tl.float32)
-    for first in range(0, count, REDUCE_TILE):
+    acc = tl.zeros([HEAD_CHUNK], tl.float32)
+    running, total_sum, acc = _fold(
+        running, total_sum, acc, m, s, o, row, 0, count, d, d_mask, num_partitions, part_max, part_sum, part_out,
+        write_stats, HEAD_SIZE, HEAD_CHUNK, REDUCE_TILE, SUB, WRITE_PARTITIONS,
+    )  # fmt: skip
+    for first in range(REDUCE_TILE, count, REDUCE_TILE):
         part = first + p
-        used = part < count
-        m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX)
-        s = tl.load(exp_sums + base + part, mask=used, other=0.0)
-        o_ptrs = split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :]
-        o = tl.load(o_ptrs, mask=used[:, None] & d_mask[None, :], other=0.0)
-        tile_max = tl.max(m, axis=0)
-        new_max = tl.maximum(running, tile_max)
-        shrink = tl.exp(running - new_max)
-        weight = s * tl.exp(m - new_max)
-        total_sum = total_sum * shrink + tl.sum(weight, axis=0)
-        acc = acc * shrink + tl.sum(weight[:, None] * o, axis=0)
-        running = new_max
-        if WRITE_PARTITIONS:
-            # The step holds PARTS whole partitions of SUB splits each. A split's output is its
-            # acc / (s + eps): acc rescaled to the partition's max is o * (s + eps).
-            PARTS: tl.constexpr = REDUCE_TILE // SUB
-            m_parts = tl.reshape(m, [PARTS, SUB])
-            s_parts = tl.reshape(s, [PARTS, SUB])
-            o_parts = tl.reshape(o, [PARTS, SUB, HEAD_PAD])
-            parts_max = tl.max(m_parts, axis=1)
-            rescale = tl.exp(m_parts - parts_max[:, None])
-            parts_sum = tl.sum(s_parts * rescale, axis=1)
-            weighted = ((s_parts + _SOFTMAX_EPS) * rescale)[:, :, None] * o_parts
-            parts_out = tl.sum(weighted, axis=1) / (parts_sum + _SOFTMAX_EPS)[:, None]
-            index = first // SUB + tl.arange(0, PARTS)
-            # Partitions with no used split stay untouched, as vLLM's.
-            written = index < tl.cdiv(count, SUB)
-            slots = row * num_partitions + index
-            tl.store(part_max + slots, parts_max, mask=written)
-            tl.store(part_sum + slots, parts_sum, mask=written)
-            out_ptrs = part_out + slots[:, None] * HEAD_SIZE + d[None, :]
-            tl.store(out_ptrs, parts_out.to(part_out.dtype.element_ty), mask=written[:, None] & d_mask[None, :])
+        m, s, o = _split_tile(max_logits, exp_sums, split_out, base, part, part < count, d, d_mask, HEAD_SIZE)
+        o = tl.where((part < count)[:, None], o, 0.0)
+        running, total_sum, acc = _fold(
+            running, total_sum, acc, m, s, o, row, first, count, d, d_mask, num_partitions, part_max, part_sum,
+            part_out, write_stats, HEAD_SIZE, HEAD_CHUNK, REDUCE_TILE, SUB, WRITE_PARTITIONS,
+        )  # fmt: skip
     merged = acc / (total_sum + _SOFTMAX_EPS)
     # A one-split sequence takes its split's output as is (zeros for an empty sequence).
     single = tl.load(split_out + base * HEAD_SIZE + d, mask=d < HEAD_SIZE * tl.minimum(count, 1), other=0.0)
@@ -442,7 +493,7 @@ def _reduce_kernel(
     tl.store(out + row * HEAD_SIZE + d, result.to(out.dtype.element_ty), mask=d_mask)
     if WRITE_LSE:
         # log(0) = -inf for an empty sequence.
-        tl.store(lse + head * num_seqs + seq, running + tl.log(total_sum))
+        tl.store(lse + head * num_seqs + seq, running + tl.log(total_sum), mask=write_stats)
 
 
 _partition_launcher = Launcher(_partition_kernel)
@@ -521,12 +572,23 @@ def _many_programs(programs: int, device: torch.device) -> bool:
     return programs >= _MANY_PROGRAMS_PER_SM * sm_count(device)
 
 
-def _reduce_width(head_size: int, partitions: bool) -> int:
-    """Splits one step of :func:`_reduce_kernel` folds, at most (a power of two)."""
+def _reduce_width(head_chunk: int, partitions: bool) -> int:
+    """Splits one step of :func:`_reduce_kernel` folds, at most (a power of two), for chunks of
+    ``head_chunk`` head dims (a power of two)."""
     # Partition statistics hold a second weighted copy of the tile: half the width (sm_90, head 128:
     # 64 splits a step spill there, 32 take 194 registers).
     elements = _REDUCE_ELEMENTS // 2 if partitions else _REDUCE_ELEMENTS
-    return min(_REDUCE_TILE, max(1, elements // next_power_of_2(head_size)))
+    return min(_REDUCE_TILE, max(1, elements // head_chunk))
+
+
+def _reduce_chunks(layout: _Layout) -> int:
+    """Head-dim chunks of each (sequence, head)'s reduction (see ``_MIN_REDUCE_CHUNK``)."""
+    pairs = layout.num_seqs * layout.num_heads
+    chunks = 1
+    head_pad = next_power_of_2(layout.head_size)
+    while pairs * chunks < sm_count(layout.device) and head_pad // (2 * chunks) >= _MIN_REDUCE_CHUNK:
+        chunks *= 2
+    return chunks
 
 
 def _v2_split(num_seqs: int, num_kv_heads: int, capacity: int, head_size: int, device: torch.device) -> int:
@@ -537,7 +599,7 @@ def _v2_split(num_seqs: int, num_kv_heads: int, capacity: int, head_size: int, d
     64-token ones 21.7 us, 128-token ones 19.3 us).
     """
     split = min(PARTITION_SIZE, _auto_split(num_seqs, num_kv_heads, capacity, device))
-    folded = next_power_of_2(cdiv(capacity, _reduce_width(head_size, partitions=True)))
+    folded = next_power_of_2(cdiv(capacity, _reduce_width(next_power_of_2(head_size), partitions=True)))
     return max(split, min(PARTITION_SIZE, folded))
 
 
@@ -640,16 +702,27 @@ def _launch_key(layout: _Layout, constexprs: dict[str, object], ints: tuple) -> 
     return None if layout.interpreted else (tuple(constexprs.items()), ints)
 
 
+def _stats_offsets(layout: _Layout, num_splits: int, whole_partitions: bool) -> tuple[int, int]:
+    """Where the exp sums and the fp32 outputs start (elements) from the pointers the kernels get for them.
+
+    The split statistics live in one scratch buffer (see :func:`_scratch`), passed for all three;
+    v2's whole partitions write their max logits and exp sums to the caller's tensors instead.
+    """
+    rows = layout.num_seqs * layout.num_heads * num_splits
+    return (0 if whole_partitions else rows), 2 * rows
+
+
 def _partition_step(
     layout: _Layout, split: int, num_splits: int, many: bool, direct: bool, write_tmp: bool, write_lse: bool
 ) -> _Step:
     """:func:`_partition_kernel` over (kv head, sequence, split): into split statistics, or, ``direct``
-    (one split), straight into ``out`` (and the lse with ``write_lse``); v2's partition output
-    also into ``tmp_out`` with ``write_tmp``."""
+    (one split), straight into ``out`` (and the lse with ``write_lse``); v2's whole partitions
+    (``write_tmp``) into the caller's ``max_logits``/``exp_sums``, their outputs also into ``tmp_out``."""
     pattern = layout.sparse or _DENSE
     ints = (
         *layout.strides, layout.num_heads, layout.num_kv_heads, num_splits, split, pattern.local_blocks,
         pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
+        *_stats_offsets(layout, num_splits, write_tmp),
     )  # fmt: skip
     config = _config(
         layout.num_heads, layout.num_kv_heads, layout.head_size, layout.block_size, layout.dtype, layout.interpreted,
@@ -671,9 +744,9 @@ def _partition_pointers(
     out: torch.Tensor | None,
     lse: torch.Tensor | None,
 ) -> tuple:
-    """:func:`_partition_kernel`'s pointers: into ``stats`` (max logits, exp sums, fp32 outputs), or
-    into ``out`` (and ``lse``) when ``stats`` is ``None``. Those a launch never reads are ``None``
-    (no launcher checks, no specialisation)."""
+    """:func:`_partition_kernel`'s pointers: into ``stats`` (max logits, exp sums, fp32 outputs; see
+    :func:`_stats_offsets`), or into ``out`` (and ``lse``) when ``stats`` is ``None``. Those a launch
+    never reads are ``None`` (no launcher checks, no specialisation)."""
     direct = stats is None
     max_logits, exp_sums, split_out = stats or (None, None, None)
     query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale = tensors
@@ -684,20 +757,28 @@ def _partition_pointers(
     )  # fmt: skip
 
 
-def _reduce_step(layout: _Layout, split: int, num_splits: int, num_partitions: int, with_lse: bool) -> _Step:
+def _reduce_step(
+    layout: _Layout, split: int, num_splits: int, num_partitions: int, with_lse: bool, whole_partitions: bool = False
+) -> _Step:
     """:func:`_reduce_kernel` over (sequence, head) for ``num_splits`` splits of ``split`` tokens; with
     ``num_partitions`` > 0 (v2's sub-splits) it also writes the statistics of ``PARTITION_SIZE``-token
-    partitions."""
+    partitions; ``whole_partitions``: the splits are v2's partitions (statistics in the caller's tensors)."""
     partitions = num_partitions > 0
     sub = PARTITION_SIZE // split if partitions else 1
+    chunks = _reduce_chunks(layout)
+    head_chunk = next_power_of_2(layout.head_size) // chunks
     # Powers of two: a step always holds whole partitions.
-    reduce_tile = max(sub, min(_reduce_width(layout.head_size, partitions), next_power_of_2(num_splits)))
+    reduce_tile = max(sub, min(_reduce_width(head_chunk, partitions), next_power_of_2(num_splits)))
     constexprs = dict(
-        HEAD_SIZE=layout.head_size, HEAD_PAD=next_power_of_2(layout.head_size), REDUCE_TILE=reduce_tile, SUB=sub,
-        WRITE_LSE=with_lse, WRITE_PARTITIONS=partitions,
+        HEAD_SIZE=layout.head_size, HEAD_CHUNK=head_chunk, REDUCE_TILE=reduce_tile, SUB=sub, WRITE_LSE=with_lse,
+        WRITE_PARTITIONS=partitions,
     )  # fmt: skip
-    ints = (layout.num_seqs, layout.num_heads, num_splits, num_partitions, split)
-    return _Step(_launch_key(layout, constexprs, ints), (layout.num_seqs, layout.num_heads), ints, constexprs)
+    ints = (
+        layout.num_seqs, layout.num_heads, num_splits, num_partitions, split,
+        *_stats_offsets(layout, num_splits, whole_partitions),
+    )  # fmt: skip
+    grid = (layout.num_seqs, layout.num_heads, chunks)
+    return _Step(_launch_key(layout, constexprs, ints), grid, ints, constexprs)
 
 
 # Resident programs per kernel configuration (a layout without its sizes and strides).
@@ -749,7 +830,7 @@ def _v2_plan(layout: _Layout, split: int | None, num_partitions: int) -> _Plan:
     whole = split == PARTITION_SIZE
     many = _many_programs(layout.num_seqs * layout.num_kv_heads * num_splits, layout.device)
     partition = _partition_step(layout, split, num_splits, many, False, whole, False)
-    reduce = _reduce_step(layout, split, num_splits, 0 if whole else num_partitions, False)
+    reduce = _reduce_step(layout, split, num_splits, 0 if whole else num_partitions, False, whole)
     return _Plan(split, num_splits, partition, reduce)
 
 
@@ -760,13 +841,11 @@ def _clear_plans() -> None:
     _residents.clear()
 
 
-def _scratch(layout: _Layout, num_splits: int) -> tuple:
-    """fp32 ``(max logits, exp sums, outputs)`` of every split, from one allocation."""
+def _scratch(layout: _Layout, num_splits: int) -> torch.Tensor:
+    """fp32 scratch for every split's max logit, exp sum and output, in this order (see
+    :func:`_stats_offsets`): one allocation, carved in the kernels (slicing costs microseconds a call)."""
     rows = layout.num_seqs * layout.num_heads * num_splits
-    buffer = torch.empty(rows * (layout.head_size + 2), dtype=torch.float32, device=layout.device)
-    # Slices rather than Tensor.split, whose Python wrapper costs microseconds a call.
-    split_out = buffer[2 * rows :].view(layout.num_seqs, layout.num_heads, num_splits, layout.head_size)
-    return buffer[:rows], buffer[rows : 2 * rows], split_out
+    return torch.empty(rows * (layout.head_size + 2), dtype=torch.float32, device=layout.device)
 
 
 def _launch(
@@ -809,7 +888,7 @@ def _attention(
     if plan.reduce is None:
         _launch(plan, scale, _partition_pointers(tensors, fp8, None, None, out, lse), None, layout.device)
         return
-    stats = _scratch(layout, plan.num_splits)
+    stats = (_scratch(layout, plan.num_splits),) * 3
     partition_pointers = _partition_pointers(tensors, fp8, stats, None, out, lse)
     _launch(plan, scale, partition_pointers, (out, lse, *stats, None, None, None, seq_lens), layout.device)
 
@@ -871,7 +950,7 @@ def paged_attention_v2(
         return
     layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
     plan = _v2_plan(layout, split, exp_sums.shape[2])
-    stats = _scratch(layout, plan.num_splits)
+    stats = (_scratch(layout, plan.num_splits),) * 3
     tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
     fp8 = _FP8_KINDS[kv_cache_dtype] != 0
     if plan.split == PARTITION_SIZE:
