@@ -2,12 +2,17 @@
 
 CPU: a warm-up, then ``time.perf_counter`` around single calls until the
 time budget is spent (at least ``min_runs`` calls); the median is reported.
-CUDA: ``triton.testing.do_bench`` (which flushes the L2 cache before every
-run); without Triton, CUDA events around each call with an explicit L2 flush.
+CUDA (:func:`time_cuda`): CUDA events around each call, the L2 cache flushed
+before each by *reading* a 256 MiB buffer, so that it holds clean lines only.
+(``triton.testing.do_bench`` flushes with ``zero_()``: the dirty lines it
+leaves are written back during the timed call, ~10 % of a 100 MB op's time
+on an H200: docs/performance.md, version 8.) As with ``do_bench``, runs are
+queued back to back and synchronised once, so host work that fits in the
+flush's GPU time is hidden.
 CUDA graphs (:func:`time_cuda_graph`): the call captured once and replayed,
 which times the kernels without the host's launch work (the time an eager
 call takes when its host work outlasts its GPU work).
-CUDA and Triton are imported only when a CUDA timing is asked for.
+CUDA is used only when a CUDA timing is asked for.
 """
 
 from __future__ import annotations
@@ -44,14 +49,7 @@ def time_cpu(fn: Callable[[], Any], *, budget_ms: float = 200.0, warmup: int = 1
 
 
 def time_cuda(fn: Callable[[], Any], *, budget_ms: float = 100.0) -> Timing:
-    """Median GPU time of ``fn()``, L2 flushed before each run."""
-    from attnops._common.backend import triton_available
-
-    if triton_available():
-        import triton.testing
-
-        median_ms, min_ms = triton.testing.do_bench(fn, warmup=25, rep=budget_ms, quantiles=[0.5, 0.0])
-        return Timing(median_ms * 1e3, min_ms * 1e3, None)
+    """Median GPU time of ``fn()``, L2 flushed (clean) before each run."""
     return _time_cuda_events(fn, budget_ms=budget_ms)
 
 
@@ -78,20 +76,31 @@ def time_cuda_graph(fn: Callable[[], Any], *, budget_ms: float = 100.0) -> Timin
     return _time_cuda_events(graph.replay, budget_ms=budget_ms)
 
 
-def _time_cuda_events(fn: Callable[[], Any], *, budget_ms: float, min_runs: int = 10) -> Timing:
-    # 256 MiB is larger than the L2 cache of every current NVIDIA GPU.
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    fn()
-    torch.cuda.synchronize()
-    samples: list[float] = []
-    deadline = time.perf_counter() + budget_ms / 1e3
-    while len(samples) < min_runs or time.perf_counter() < deadline:
-        flush.zero_()
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3)
+# 256 MiB is larger than the L2 cache of every current NVIDIA GPU.
+_FLUSH_BYTES = 256 * 2**20
+
+
+def _time_cuda_events(fn: Callable[[], Any], *, budget_ms: float, min_runs: int = 10, warmup: int = 3) -> Timing:
+    flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    flush.zero_()
+
+    def runs(count: int) -> list[float]:
+        events = []
+        for _ in range(count):
+            # A reduction reads every line: the L2 ends up holding clean lines of the flush buffer.
+            flush.amax()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) * 1e3 for start, end in events]
+
+    runs(warmup)
+    begin = time.perf_counter()
+    first = runs(min_runs)
+    per_run_ms = (time.perf_counter() - begin) * 1e3 / min_runs
+    samples = first + runs(max(0, int(budget_ms / per_run_ms) - min_runs))
     return Timing(statistics.median(samples), min(samples), len(samples))
