@@ -294,6 +294,24 @@ def test_reduction_in_several_steps(device, monkeypatch, reduce_tile):
         close(actual, want, torch.float32, equal_nan=True)
 
 
+@pytest.mark.parametrize("filler", [-7, 2**30])
+def test_table_entries_past_the_end_are_never_read(device, filler):
+    # vLLM leaves the block-table entries past a sequence's last block undefined; the kernel loads
+    # some of them early but must never read the cache through them.
+    cache, query, slopes = setup(device, [0, 5, 16, 45, 130], 4, 2, 32, 16, torch.float32)
+    used = -(-cache.seq_lens.long() // cache.block_size)
+    columns = torch.arange(cache.block_tables.shape[1], device=cache.block_tables.device)
+    cache.block_tables.masked_fill_(columns[None, :] >= used[:, None], filler)
+    from attnops.paged_attention import triton as kernels
+
+    out = run_v1("torch", cache, query, slopes)
+    for split in (16, 32, 64, None):
+        got = torch.full_like(out, float("nan"))
+        args = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens, 32**-0.5, slopes)
+        kernels.paged_attention_v1(got, *args, "auto", cache.k_scale, cache.v_scale, None, split=split)
+        close(got, out, torch.float32)
+
+
 def test_reduction_over_head_chunks(device, monkeypatch):
     # A launch of fewer (sequence, head) pairs than SMs reduces each head in chunks of head dims
     # (4 of 32 dims for head 128 here); the first chunk alone writes the lse and v2's statistics.

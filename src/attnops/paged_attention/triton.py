@@ -229,7 +229,7 @@ def _partition_kernel(
     query,  # [num_seqs, num_heads, HEAD_SIZE], heads and head dim contiguous
     key_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE // X, BLOCK_SIZE, X]
     value_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE, BLOCK_SIZE]
-    block_tables,  # int32 [num_seqs, table_stride]
+    block_tables,  # int32 [num_seqs, table_stride], contiguous
     seq_lens,  # int32 [num_seqs]
     alibi_slopes,  # fp32 [num_heads] (read only with HAS_ALIBI)
     k_scale,  # fp32 [1] (read only for fp8)
@@ -283,6 +283,11 @@ def _partition_kernel(
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + seq)
     start = split * split_size
+    table = block_tables + seq.to(tl.int64) * table_stride
+    # The first tile's block ids load alongside the length, masked by the table's width rather than
+    # the length (one round trip less before the first K/V loads). Ids past the sequence's end may
+    # hold anything: only the loads of masked tiles, masked by the length, use them.
+    block = _block_ids(table, start, table_stride * BLOCK_SIZE, BLOCK_SIZE, TILE)
     # With one split, empty sequences still write their zero rows (and -inf lse).
     if not DIRECT:  # noqa: SIM102 - a constexpr test, kept apart from the runtime one
         if start >= seq_len:
@@ -320,7 +325,6 @@ def _partition_kernel(
     tl.static_assert(HEAD_SIZE % X == 0)
     k_base = key_cache + kv_head * k_stride_head
     v_base = value_cache + kv_head * v_stride_head
-    table = block_tables + seq.to(tl.int64) * table_stride
     compute = query.dtype.element_ty
 
     m = tl.full([GROUP_PAD], -_FLT_MAX, tl.float32)
@@ -328,7 +332,6 @@ def _partition_kernel(
     acc = tl.zeros([GROUP_PAD, HEAD_PAD], tl.float32)
     # Full tiles load without per-slot masks; the last, partial tile of the split is masked.
     full_end = start + (end - start) // TILE * TILE
-    block = _block_ids(table, start, end, BLOCK_SIZE, TILE)
     for tile_start in range(start, full_end, TILE):
         following = _block_ids(table, tile_start + TILE, end, BLOCK_SIZE, TILE)
         m, s, acc = _tile(
