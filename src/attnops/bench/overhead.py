@@ -2,7 +2,7 @@
 
 ``python -m attnops.bench.overhead`` times ``paged_attention_v1`` at 1×1024
 (bf16, 32 q / 8 kv heads, head 128, block 16) on the current CUDA device
-three ways: GPU time alone (``do_bench``), back-to-back eager calls (wall
+three ways: GPU time alone (:func:`attnops.bench.timing.time_cuda`), back-to-back eager calls (wall
 time per call, so host work that is not hidden behind the GPU shows), and
 replays of a captured CUDA graph. Prints one JSON line; with ``--profile``
 also the host functions that cost the most in eager calls (cProfile).
@@ -50,10 +50,10 @@ def _decode_call(num_seqs: int, context: int):
 
 def measure(num_seqs: int = 1, context: int = 1024) -> dict[str, float]:
     """GPU µs, eager wall µs per call and graph-replay wall µs per call."""
-    import triton.testing
+    from attnops.bench.timing import time_cuda
 
     call = _decode_call(num_seqs, context)
-    gpu_us = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median") * 1e3
+    gpu_us = time_cuda(call, budget_ms=100).median_us
     eager_us = _wall_us_per_call(call)
     graph = torch.cuda.CUDAGraph()
     call()
