@@ -4,7 +4,7 @@ PYTHONPATH=src python bench/tuning/graph_times.py
 Each call is captured once in a CUDA graph and replayed after an L2 flush
 (:func:`attnops.bench.timing.time_cuda_graph`, also the bench's "graph µs" column): the kernels
 alone, for calls shorter than their host cost. Prints merge at the SPEC §3 token counts (current
-launch constants against the previous 8 KiB / 4 warps) and paged decode v1/v2 on the small-batch
+launch constants against the previous 4 KiB / 2 warps) and paged decode v1/v2 on the small-batch
 cells.
 """
 
@@ -13,7 +13,7 @@ from workloads import decode_calls, merge_call
 from attnops.bench.timing import time_cuda_graph
 from attnops.merge import triton as merge_kernels
 
-MERGE_CONFIGS = ((merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS), (8192, 4))
+MERGE_CONFIGS = ((merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS), (4096, 2))
 DECODE_CELLS = ((1, 1024), (1, 4096), (1, 16384), (8, 1024), (8, 4096), (32, 1024))
 
 

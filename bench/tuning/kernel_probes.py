@@ -158,7 +158,7 @@ def merge_sweep() -> None:
     defaults = (kernels._TILE_BYTES, kernels._NUM_WARPS)
     for tokens in (512, 4096, 32768):
         call, nbytes = merge_call(tokens)
-        for tile, warps in ((8192, 4), (4096, 4), (4096, 2), (16384, 4), (16384, 8), (2048, 2), (8192, 8)):
+        for tile, warps in ((8192, 4), (8192, 8), (8192, 2), (4096, 4), (4096, 2), (2048, 2), (2048, 1)):
             kernels._TILE_BYTES, kernels._NUM_WARPS = tile, warps
             kernels._launch_config.cache_clear()
             kernels._launcher.compiled.clear()

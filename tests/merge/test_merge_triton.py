@@ -56,6 +56,22 @@ def test_random_matches_torch(device, dtype, head_size):
     assert_backends_agree(inputs, dtype)
 
 
+@pytest.mark.parametrize("tile_bytes", [256, 512])
+def test_programs_take_blocks_of_heads(device, monkeypatch, tile_bytes):
+    # Programs take BLOCK_H heads of one token, in memory order: with 3 heads and 2 or 4 heads a
+    # program (fp16, head 64), a token's heads span two programs or one partial one.
+    from attnops.merge import triton as kernels
+
+    monkeypatch.setattr(kernels, "_TILE_BYTES", tile_bytes)
+    kernels._launch_config.cache_clear()
+    try:
+        inputs = make_inputs(11, 3, 64, torch.float16, device, seed=3)
+        assert_backends_agree(inputs, torch.float16, with_context=4)
+    finally:
+        monkeypatch.undo()
+        kernels._launch_config.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_context", [0, 3, 7])
 @pytest.mark.parametrize("with_lse", [True, False])

@@ -3,12 +3,12 @@
 CPU: a warm-up, then ``time.perf_counter`` around single calls until the
 time budget is spent (at least ``min_runs`` calls); the median is reported.
 CUDA (:func:`time_cuda`): CUDA events around each call, the L2 cache flushed
-before each by *reading* a 256 MiB buffer, so that it holds clean lines only.
-(``triton.testing.do_bench`` flushes with ``zero_()``: the dirty lines it
-leaves are written back during the timed call, ~10 % of a 100 MB op's time
-on an H200: docs/performance.md, version 8.) As with ``do_bench``, runs are
-queued back to back and synchronised once, so host work that fits in the
-flush's GPU time is hidden.
+before each as ``triton.testing.do_bench`` does (``zero_()`` of 256 MiB), then
+the buffer read back, so that the flush's dirty lines are written back before
+the timed call rather than inside it (~10 % of a 100 MB op's time on an H200:
+docs/performance.md, version 8) and the L2 holds clean lines only. As with
+``do_bench``, runs are queued back to back and synchronised once, so host work
+that fits in the flush's GPU time is hidden.
 CUDA graphs (:func:`time_cuda_graph`): the call captured once and replayed,
 which times the kernels without the host's launch work (the time an eager
 call takes when its host work outlasts its GPU work).
@@ -82,12 +82,12 @@ _FLUSH_BYTES = 256 * 2**20
 
 def _time_cuda_events(fn: Callable[[], Any], *, budget_ms: float, min_runs: int = 10, warmup: int = 3) -> Timing:
     flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    flush.zero_()
 
     def runs(count: int) -> list[float]:
         events = []
         for _ in range(count):
-            # A reduction reads every line: the L2 ends up holding clean lines of the flush buffer.
+            flush.zero_()
+            # Reading every line writes the dirty ones back: the L2 ends up holding clean lines.
             flush.amax()
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
