@@ -30,6 +30,15 @@ def test_cpu_tensors_are_validated_every_call():
     assert len(calls) == 2
 
 
+def test_tensors_by_keyword_count_as_tensors():
+    # A CPU tensor passed by keyword is validated every call, as one passed by position: the key
+    # never holds a tensor itself (it would keep it alive and match it after an in-place reshape).
+    validate, calls = counting_validator()
+    x = torch.zeros(3)
+    assert validate(n=1, x=x) == validate(n=1, x=x) == 4
+    assert len(calls) == 2
+
+
 def test_fake_tensors_are_validated_every_call():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -62,6 +71,25 @@ def test_cuda_verdicts_are_memoised_per_signature(monkeypatch):
     monkeypatch.setenv("ATTNOPS_CHECK", "1")
     validate(x, 1)
     assert len(calls) == 5
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_keyword_tensors_are_keyed_by_metadata():
+    # paged_attention_v2 passes its fresh-per-call buffers by keyword: they must hit the memo by
+    # metadata and must not be kept alive by it.
+    import weakref
+
+    validate, calls = counting_validator()
+    buffer = torch.zeros(3, device="cuda")
+    alive = weakref.ref(buffer)
+    validate(x=buffer, n=1)
+    del buffer
+    assert alive() is None
+    validate(x=torch.ones(3, device="cuda"), n=1)
+    assert len(calls) == 1
+    validate(torch.ones(3, device="cuda"), n=1)  # by position: another key
+    assert len(calls) == 2
 
 
 class FakeCompiled:

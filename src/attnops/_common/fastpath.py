@@ -25,23 +25,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 # sees more distinct ones starts over (or, for plans, drops the least recently used).
 MAX_ENTRIES = 4096
 _MISS = object()
+# Stands for a tensor that must not be memoised: a list, so that a key holding it is unhashable.
+_UNMEMOISED: list = []
 
 
-def _signature(values: Sequence[Any]) -> tuple | None:
-    """The metadata of ``values`` as a hashable key, or ``None`` when it must not be memoised.
+def _signature(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple:
+    """The metadata of a call's arguments as a key: hashable only when the call may be memoised.
 
-    Tensors contribute dtype, shape, strides and device; other values contribute themselves.
-    Only plain CUDA tensors qualify (fake tensors under ``torch.compile`` are a subclass).
+    Tensors, positional or by keyword, contribute dtype, shape, strides and device index (never
+    themselves: a key must not keep a tensor alive, nor match it after an in-place change of its
+    shape); other values contribute themselves. Only plain CUDA tensors qualify (fake tensors under
+    ``torch.compile`` are a subclass); any other tensor makes the key unhashable.
     """
-    key = []
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            if type(value) is not torch.Tensor or not value.is_cuda:
-                return None
-            key.append((value.dtype, value.shape, value.stride(), value.get_device()))
-        else:
-            key.append(value)
-    return tuple(key)
+    return tuple(
+        [
+            (value.dtype, value.shape, value.stride(), value.get_device())
+            if type(value) is torch.Tensor and value.is_cuda
+            else (_UNMEMOISED if isinstance(value, torch.Tensor) else value)
+            for value in (*args, *kwargs.values())
+        ]
+        + list(kwargs)
+    )
 
 
 def memoize_validation(validator: F) -> F:
@@ -57,12 +61,10 @@ def memoize_validation(validator: F) -> F:
     def checked(*args: Any, **kwargs: Any) -> Any:
         if os.environ.get("ATTNOPS_CHECK", "0") == "1":
             return validator(*args, **kwargs)
-        key = _signature((*args, *kwargs.items()))
-        if key is None:
-            return validator(*args, **kwargs)
+        key = _signature(args, kwargs)
         try:
             verdict = verdicts.get(key, _MISS)
-        except TypeError:  # an unhashable argument
+        except TypeError:  # an unhashable argument, or a tensor that must not be memoised
             return validator(*args, **kwargs)
         if verdict is _MISS:
             verdict = validator(*args, **kwargs)
