@@ -229,7 +229,7 @@ def _partition_kernel(
     query,  # [num_seqs, num_heads, HEAD_SIZE], heads and head dim contiguous
     key_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE // X, BLOCK_SIZE, X]
     value_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE, BLOCK_SIZE]
-    block_tables,  # int32 [num_seqs, table_stride], contiguous
+    block_tables,  # int32 [num_seqs, table_columns], rows table_stride apart
     seq_lens,  # int32 [num_seqs]
     alibi_slopes,  # fp32 [num_heads] (read only with HAS_ALIBI)
     k_scale,  # fp32 [1] (read only for fp8)
@@ -258,6 +258,7 @@ def _partition_kernel(
     sparse_tp_rank,
     exp_sums_offset,
     split_out_offset,
+    table_columns,
     HEADS_PER_KV: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_SIZE: tl.constexpr,
@@ -287,7 +288,7 @@ def _partition_kernel(
     # The first tile's block ids load alongside the length, masked by the table's width rather than
     # the length (one round trip less before the first K/V loads). Ids past the sequence's end may
     # hold anything: only the loads of masked tiles, masked by the length, use them.
-    block = _block_ids(table, start, table_stride * BLOCK_SIZE, BLOCK_SIZE, TILE)
+    block = _block_ids(table, start, table_columns * BLOCK_SIZE, BLOCK_SIZE, TILE)
     # With one split, empty sequences still write their zero rows (and -inf lse).
     if not DIRECT:  # noqa: SIM102 - a constexpr test, kept apart from the runtime one
         if start >= seq_len:
@@ -725,7 +726,7 @@ def _partition_step(
     ints = (
         *layout.strides, layout.num_heads, layout.num_kv_heads, num_splits, split, pattern.local_blocks,
         pattern.vert_stride, pattern.block_size, pattern.head_sliding_step, pattern.tp_rank,
-        *_stats_offsets(layout, num_splits, write_tmp),
+        *_stats_offsets(layout, num_splits, write_tmp), layout.table_columns,
     )  # fmt: skip
     config = _config(
         layout.num_heads, layout.num_kv_heads, layout.head_size, layout.block_size, layout.dtype, layout.interpreted,
