@@ -80,8 +80,9 @@ _SOFTMAX_EPS = tl.constexpr(SOFTMAX_EPS)
 # The block-sparse arguments of dense calls (never read: SPARSE is off).
 _DENSE = BlockSparse(local_blocks=0, vert_stride=1, block_size=1, head_sliding_step=0, tp_rank=0)
 # Splits reduced per step of the reduce kernel, at most (its fp32 tile holds at most
-# _REDUCE_ELEMENTS outputs): one step for up to 64 splits of a head-128 row, so a small batch's
-# reduction waits on one round of loads (245 registers a thread on sm_90, no spills).
+# _REDUCE_ELEMENTS outputs): one step for up to 64 splits of a head-128 row (245 registers a
+# thread on sm_90, no spills), or 256 of a 32-dim chunk, so a small batch's reduction waits on one
+# round of loads.
 _REDUCE_TILE = 256
 _REDUCE_ELEMENTS = 8192
 # Launches of fewer (sequence, head) pairs than SMs split each head's reduction over head-dim
@@ -413,10 +414,11 @@ def _fold(
 @triton.jit
 def _split_tile(max_logits, exp_sums, split_out, base, part, used, d, d_mask, HEAD_SIZE: tl.constexpr):
     """Max logits, exp sums and fp32 outputs ``[REDUCE_TILE, HEAD_CHUNK]`` of the splits ``part``
-    (``used``: masked to ``-FLT_MAX``, 0, 0 elsewhere)."""
+    (``-FLT_MAX``, 0 and 0 where not ``used``)."""
     m = tl.load(max_logits + base + part, mask=used, other=-_FLT_MAX)
     s = tl.load(exp_sums + base + part, mask=used, other=0.0)
-    o = tl.load(split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :], mask=used[:, None] & d_mask[None, :])
+    o_ptrs = split_out + (base + part)[:, None] * HEAD_SIZE + d[None, :]
+    o = tl.load(o_ptrs, mask=used[:, None] & d_mask[None, :], other=0.0)
     return m, s, o
 
 
@@ -485,7 +487,6 @@ def _reduce_kernel(
     for first in range(REDUCE_TILE, count, REDUCE_TILE):
         part = first + p
         m, s, o = _split_tile(max_logits, exp_sums, split_out, base, part, part < count, d, d_mask, HEAD_SIZE)
-        o = tl.where((part < count)[:, None], o, 0.0)
         running, total_sum, acc = _fold(
             running, total_sum, acc, m, s, o, row, first, count, d, d_mask, num_partitions, part_max, part_sum,
             part_out, write_stats, HEAD_SIZE, HEAD_CHUNK, REDUCE_TILE, SUB, WRITE_PARTITIONS,
