@@ -54,7 +54,6 @@ def _stand_ins() -> None:
     paged_kernels._resident_programs = lambda layout: 8
     paged_kernels._many_programs = lambda programs, device: programs >= 2 * SMS
 
-    @functools.cache
     def auto_split(num_seqs, num_kv_heads, capacity, device):
         split = paged_kernels._MAX_SPLIT
         wanted = paged_kernels._PROGRAMS_PER_SM * SMS

@@ -46,8 +46,6 @@ def _set(values: dict) -> None:
     for name, value in values.items():
         setattr(kernels, name, value)
     kernels._config.cache_clear()
-    kernels._auto_split.cache_clear()
-    kernels._wave_split.cache_clear()
     kernels._clear_plans()
     # Launch keys hold shapes, not these module constants: drop the compiled handles too.
     kernels._partition_launcher.compiled.clear()

@@ -547,7 +547,6 @@ def _config(
     }
 
 
-@functools.cache
 def _auto_split(num_seqs: int, num_kv_heads: int, capacity: int, device: torch.device) -> int:
     """Tokens per program: the largest of ``_MAX_SPLIT, /2, /4, ...`` (down to ``_MIN_SPLIT``)
     that still gives every SM ``_PROGRAMS_PER_SM`` programs, so that a few sequences fill the GPU.
@@ -608,7 +607,6 @@ def _v2_split(num_seqs: int, num_kv_heads: int, capacity: int, head_size: int, d
     return max(split, min(PARTITION_SIZE, folded))
 
 
-@functools.cache
 def _wave_split(pairs: int, capacity: int, slots: int) -> int:
     """Tokens per program of a launch over ``pairs`` (sequence, kv head) pairs when ``slots``
     programs run at once: the multiple of ``_MIN_SPLIT`` up to ``_MAX_WAVE_SPLIT`` that minimises
