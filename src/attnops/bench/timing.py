@@ -28,11 +28,11 @@ import torch
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-call time in microseconds; ``runs`` measured calls (``None``: not reported by ``do_bench``)."""
+    """Per-call time in microseconds over ``runs`` measured calls."""
 
     median_us: float
     min_us: float
-    runs: int | None
+    runs: int
 
 
 def time_cpu(fn: Callable[[], Any], *, budget_ms: float = 200.0, warmup: int = 1, min_runs: int = 3) -> Timing:
