@@ -9,11 +9,11 @@ of top-k decode on some cells, after each flush.
 """
 
 import functools
-import statistics
 
 import torch
 from workloads import decode_calls, merge_call
 
+from attnops.bench.timing import l2_flush, time_cuda_graph
 from attnops.topk import top_k_per_row_decode
 
 DECODE_CELLS = ((1, 16384), (8, 1024), (8, 4096), (32, 1024), (8, 16384), (128, 4096))
@@ -27,31 +27,14 @@ def _topk_call(rows: int, length: int):
     return functools.partial(top_k_per_row_decode, logits, 1, lens, out, rows, length, 1, 2048)
 
 
-def _replay_us(fn, flush, runs: int = 200) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    events = []
-    for _ in range(runs):
-        flush()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) * 1e3 for start, end in events)
+def _replay_us(fn, flush) -> float:
+    return time_cuda_graph(fn, budget_ms=100, flush=flush).median_us
 
 
 def main() -> None:
     buffer = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     words = buffer.view(torch.int32)
-    flushes = {"zero_": buffer.zero_, "read": words.amax, "zero_+read": lambda: (buffer.zero_(), words.amax())}
+    flushes = {"zero_": buffer.zero_, "read": words.amax, "zero_+read (the bench's)": l2_flush()}
     print(torch.cuda.get_device_name(), flush=True)
     for tokens in (512, 4096, 32768):
         call, nbytes = merge_call(tokens)

@@ -6,6 +6,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from attnops import merge_attn_states
+from attnops.bench.timing import l2_flush
 from attnops.cache import make_paged_kv_cache
 from attnops.paged_attention import PARTITION_SIZE
 from attnops.paged_attention import triton as kernels
@@ -36,14 +37,13 @@ def merge_call(tokens: int):
 
 
 def kernel_times(call, runs: int = 10) -> str:
-    """Mean device time of each Triton kernel ``call`` launches, L2 flushed (read) before each of ``runs`` calls."""
-    flush = torch.zeros(64 * 2**20, dtype=torch.int32, device="cuda")
+    """Mean device time of each Triton kernel ``call`` launches, L2 flushed before each of ``runs`` calls."""
+    flush = l2_flush()
     call()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(runs):
-            # A read leaves clean lines (as attnops.bench.timing does).
-            flush.amax()
+            flush()
             call()
         torch.cuda.synchronize()
     times = {e.key: e.device_time_total / e.count for e in prof.key_averages() if e.key.startswith("_")}

@@ -60,8 +60,11 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, budget_ms: float) ->
     return time_cpu(fn, budget_ms=budget_ms)
 
 
-def time_cuda_graph(fn: Callable[[], Any], *, budget_ms: float = 100.0) -> Timing:
-    """Median GPU time of one CUDA-graph replay of ``fn()``, L2 flushed before each.
+def time_cuda_graph(
+    fn: Callable[[], Any], *, budget_ms: float = 100.0, flush: Callable[[], Any] | None = None
+) -> Timing:
+    """Median GPU time of one CUDA-graph replay of ``fn()``, L2 flushed before each (by ``flush``,
+    default :func:`l2_flush`'s).
 
     ``fn`` must be capturable (no host synchronisation); capture errors propagate.
     """
@@ -73,22 +76,42 @@ def time_cuda_graph(fn: Callable[[], Any], *, budget_ms: float = 100.0) -> Timin
     with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
         fn()
     torch.cuda.current_stream().wait_stream(stream)
-    return _time_cuda_events(graph.replay, budget_ms=budget_ms)
+    return _time_cuda_events(graph.replay, budget_ms=budget_ms, flush=flush)
 
 
 # 256 MiB is larger than the L2 cache of every current NVIDIA GPU.
 _FLUSH_BYTES = 256 * 2**20
 
 
-def _time_cuda_events(fn: Callable[[], Any], *, budget_ms: float, min_runs: int = 10, warmup: int = 3) -> Timing:
-    flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+def l2_flush() -> Callable[[], None]:
+    """A zero-argument call that flushes the current CUDA device's L2 and leaves it clean.
+
+    ``zero_()`` of a 256 MiB buffer as ``triton.testing.do_bench`` does, then a read of it: reading
+    every line writes the dirty ones back, so the L2 ends up holding clean lines only.
+    """
+    buffer = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+
+    def flush() -> None:
+        buffer.zero_()
+        buffer.amax()
+
+    return flush
+
+
+def _time_cuda_events(
+    fn: Callable[[], Any],
+    *,
+    budget_ms: float,
+    flush: Callable[[], Any] | None = None,
+    min_runs: int = 10,
+    warmup: int = 3,
+) -> Timing:
+    flush = flush or l2_flush()
 
     def runs(count: int) -> list[float]:
         events = []
         for _ in range(count):
-            flush.zero_()
-            # Reading every line writes the dirty ones back: the L2 ends up holding clean lines.
-            flush.amax()
+            flush()
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
