@@ -194,6 +194,7 @@ def merge_attn_states(
         *suffix_lse.stride(), *out_lse_strides,
     )  # fmt: skip
     with_context = num_tokens if prefill_tokens_with_context is None else prefill_tokens_with_context
+    head_blocks = cdiv(num_heads, block_h)
     key = None
     if not triton_interpreted():
         # num_with_context is not specialised on, so it stays out of the key.
@@ -202,11 +203,11 @@ def merge_attn_states(
     def constexprs() -> dict[str, object]:
         return dict(
             HEAD_SIZE=head_size, HAS_OUT_LSE=output_lse is not None, HAS_SCALE=has_scale, FP8_MAX=fp8_max,
-            FP8_BIAS=fp8_bias, BLOCK_H=block_h, BLOCK_D=block_d, HEAD_BLOCKS=cdiv(num_heads, block_h),
+            FP8_BIAS=fp8_bias, BLOCK_H=block_h, BLOCK_D=block_d, HEAD_BLOCKS=head_blocks,
             num_warps=_NUM_WARPS,
         )  # fmt: skip
 
     _launcher.launch(
-        key, (num_tokens * cdiv(num_heads, block_h),), pointers, (num_heads, with_context, *strides),
+        key, (num_tokens * head_blocks,), pointers, (num_heads, with_context, *strides),
         constexprs, output.device,
     )  # fmt: skip
