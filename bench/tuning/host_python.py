@@ -3,7 +3,15 @@
 PYTHONPATH=src python bench/tuning/host_python.py [CASE]
 Every launcher gets a stand-in kernel whose compiled handle does nothing, and the device queries a
 GPU would answer (SM count, resident programs, the current stream) are fixed, so what is timed is
-our host code up to Triton's C launcher: validation excluded, CPU tensors of the SPEC §3 shapes.
+our host code up to Triton's C launcher, on CPU tensors of the SPEC §3 shapes. Two kinds of case:
+
+- ``paged v1 1x1024`` …: the Triton implementation alone (validation and dispatch excluded);
+- ``public paged v1 1x1024`` …: the whole public call as vLLM makes it (``backend`` and
+  ``ATTNOPS_BACKEND`` unset): the public wrapper, the memoised validation, the backend dispatch,
+  then the Triton implementation. The CPU stand-ins take the CUDA tensors' path: they count as
+  CUDA tensors for the memoised validation, and each dispatcher's reference entry is its Triton
+  implementation (what ``"auto"`` picks on a GPU). Only this script is patched, never the library.
+
 Prints µs per call of each case; with a CASE name, a cProfile of it instead.
 """
 
@@ -15,9 +23,13 @@ import timeit
 
 import torch
 
+import attnops
 from attnops.cache import make_paged_kv_cache
+from attnops.merge import api as merge_api
 from attnops.merge import triton as merge_kernels
+from attnops.paged_attention import api as paged_api
 from attnops.paged_attention import triton as paged_kernels
+from attnops.topk import api as topk_api
 from attnops.topk import triton as topk_kernels
 
 SMS = 132
@@ -64,6 +76,41 @@ def _stand_ins() -> None:
     paged_kernels._auto_split = auto_split
 
 
+def _public_as_on_cuda() -> None:
+    """CPU tensors take the public call's CUDA path: memoised validation, then the Triton implementation."""
+    # The memo takes plain tensors whose ``is_cuda`` holds (a class attribute shadows the property).
+    torch.Tensor.is_cuda = True
+    for dispatcher in (paged_api._v1_dispatcher, paged_api._v2_dispatcher, merge_api._dispatcher,
+                       topk_api._decode_dispatcher):  # fmt: skip
+        dispatcher.impls["torch"] = dispatcher.impls["triton"]
+
+
+def public_cases() -> dict:
+    """Whole public calls (see the module docstring); call :func:`_public_as_on_cuda` first."""
+    calls = {}
+    cache = make_paged_kv_cache([1024], 8, 128, 16, torch.bfloat16, device="cpu")
+    query = torch.randn(1, 32, 128, dtype=torch.bfloat16)
+    out = torch.empty_like(query)
+    tail = (query, cache.key_cache, cache.value_cache, 8, 128**-0.5, cache.block_tables, cache.seq_lens, 16,
+            cache.max_seq_len, None, "auto", cache.k_scale, cache.v_scale)  # fmt: skip
+    stats = torch.empty(2, 1, 32, 2)
+    tmp = torch.empty(1, 32, 2, 128, dtype=torch.bfloat16)
+    calls["public paged v1 1x1024"] = functools.partial(attnops.paged_attention_v1, out, *tail)
+    calls["public paged v2 1x1024"] = functools.partial(attnops.paged_attention_v2, out, stats[0], stats[1], tmp, *tail)
+    logits = torch.randn(1, 8192)
+    lens = torch.full((1,), 8192, dtype=torch.int32)
+    out = torch.empty(1, 2048, dtype=torch.int32)
+    calls["public top-k decode 1x8192"] = functools.partial(
+        attnops.top_k_per_row_decode, logits, 1, lens, out, 1, 8192, 1, 2048
+    )
+    prefix, suffix = torch.randn(2, 512, 32, 128, dtype=torch.bfloat16)
+    lse = torch.randn(3, 32, 512)
+    calls["public merge 512"] = functools.partial(
+        attnops.merge_attn_states, torch.empty_like(prefix), prefix, lse[0], suffix, lse[1], lse[2]
+    )
+    return calls
+
+
 def cases() -> dict:
     calls = {}
     for num_seqs, context in ((1, 1024), (8, 4096)):
@@ -97,7 +144,8 @@ def cases() -> dict:
 
 def main() -> None:
     _stand_ins()
-    calls = cases()
+    _public_as_on_cuda()
+    calls = {**cases(), **public_cases()}
     if len(sys.argv) > 1:
         call = calls[sys.argv[1]]
         profiler = cProfile.Profile()
