@@ -10,11 +10,12 @@ explicit ``"triton"`` also runs on CPU tensors, which is how CI tests kernels.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from attnops._common.env import getenv
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -31,7 +32,7 @@ def triton_available() -> bool:
 
 def triton_interpreted() -> bool:
     """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return getenv("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.cache
@@ -44,7 +45,7 @@ def sm_count(device: torch.device) -> int:
 
 def requested_backend(backend: str | None) -> str:
     """The backend asked for: the argument, else ``ATTNOPS_BACKEND``, else ``"auto"``."""
-    name = backend if backend is not None else os.environ.get("ATTNOPS_BACKEND", "auto")
+    name = backend if backend is not None else getenv("ATTNOPS_BACKEND", "auto")
     if name not in BACKENDS:
         source = "backend" if backend is not None else "ATTNOPS_BACKEND"
         raise ValueError(f"{source}: expected one of {BACKENDS}, got {name!r}")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
+
+from attnops._common.validate import checks_requested
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,7 +60,7 @@ def memoize_validation(validator: F) -> F:
 
     @functools.wraps(validator)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        if os.environ.get("ATTNOPS_CHECK", "0") == "1":
+        if checks_requested():
             return validator(*args, **kwargs)
         key = _signature(args, kwargs)
         try:

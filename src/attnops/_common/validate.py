@@ -10,11 +10,12 @@ environment sets ``ATTNOPS_CHECK=1`` (see :func:`values_checked`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
+
+from attnops._common.env import getenv
 
 DTypes = torch.dtype | Sequence[torch.dtype]
 
@@ -140,7 +141,12 @@ def values_checked(*tensors: torch.Tensor | None) -> bool:
         return False
     if all(t.device.type == "cpu" for t in present):
         return True
-    return os.environ.get("ATTNOPS_CHECK", "0") == "1"
+    return checks_requested()
+
+
+def checks_requested() -> bool:
+    """Whether the environment asks for value checks on GPU tensors (``ATTNOPS_CHECK=1``), read per call."""
+    return getenv("ATTNOPS_CHECK", "0") == "1"
 
 
 def check_values_in_range(name: str, t: torch.Tensor, low: int, high: int) -> None:
