@@ -20,6 +20,10 @@ def kernel():
     return "triton"
 
 
+def validate():
+    pass
+
+
 def test_requested_backend_from_argument_and_environment(monkeypatch):
     monkeypatch.delenv("ATTNOPS_BACKEND", raising=False)
     assert requested_backend(None) == "auto"
@@ -35,7 +39,7 @@ def test_requested_backend_from_argument_and_environment(monkeypatch):
 
 def test_dispatcher_without_kernel_always_runs_the_reference(monkeypatch):
     monkeypatch.delenv("ATTNOPS_BACKEND", raising=False)
-    dispatcher = Dispatcher("op", reference)
+    dispatcher = Dispatcher("op", reference, validate)
     assert dispatcher.select(None, CPU) is reference
     assert dispatcher.select("auto", CUDA) is reference
     with pytest.raises(ValueError, match="has no Triton implementation"):
@@ -46,7 +50,7 @@ def test_dispatcher_picks_the_kernel_for_cuda_tensors(monkeypatch):
     monkeypatch.delenv("ATTNOPS_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(backend_mod, "triton_available", lambda: True)
-    dispatcher = Dispatcher("op", reference)
+    dispatcher = Dispatcher("op", reference, validate)
     dispatcher.register("triton")(kernel)
     assert dispatcher.select(None, CUDA) is kernel
     assert dispatcher.select(None, CPU) is reference

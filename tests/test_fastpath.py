@@ -1,53 +1,209 @@
-"""Memoised validation and compiled-handle launches (the eager host fast path)."""
+"""Memoised validation and dispatch, and compiled-handle launches (the eager host fast path)."""
 
 from __future__ import annotations
+
+import weakref
 
 import pytest
 import torch
 
-from attnops._common.fastpath import cdiv, memoize_validation, next_power_of_2
+from attnops._common import backend as backend_mod
+from attnops._common.backend import Dispatcher
+from attnops._common.fastpath import cdiv, next_power_of_2, signature
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def counting_validator():
+def reference(*args, **kwargs):
+    return "torch"
+
+
+def kernel(*args, **kwargs):
+    return "triton"
+
+
+def counting_dispatcher():
+    """A dispatcher with a kernel whose validator records its calls and rejects ``n < 0``."""
     calls = []
 
-    @memoize_validation
-    def validate(x: torch.Tensor, n: int) -> int:
+    def validate(x: torch.Tensor, n: int, buffer: torch.Tensor | None = None) -> int:
         calls.append(n)
         if n < 0:
             raise ValueError("n: expected a value >= 0")
         return x.shape[0] + n
 
-    return validate, calls
+    dispatcher = Dispatcher("op", reference, validate)
+    dispatcher.register("triton")(kernel)
+    return dispatcher, calls
 
 
-def test_cpu_tensors_are_validated_every_call():
-    validate, calls = counting_validator()
+@pytest.fixture
+def clean_environment(monkeypatch):
+    for name in ("ATTNOPS_CHECK", "ATTNOPS_BACKEND", "TRITON_INTERPRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(backend_mod, "triton_available", lambda: True)
+
+
+@pytest.fixture
+def as_cuda(monkeypatch, clean_environment):
+    """CPU tensors take the CUDA tensors' memoised path (``is_cuda`` holds for plain tensors)."""
+    monkeypatch.setattr(torch.Tensor, "is_cuda", True)
+
+
+@pytest.fixture
+def on_cuda(monkeypatch, as_cuda):
+    """CPU tensors also say they are on a CUDA device, where ``"auto"`` picks the kernel (run no op on them)."""
+    monkeypatch.setattr(torch.Tensor, "device", torch.device("cuda"))
+
+
+def test_cpu_tensors_are_validated_every_call(clean_environment):
+    dispatcher, calls = counting_dispatcher()
     x = torch.zeros(3)
-    assert validate(x, 1) == validate(x, 1) == 4
+    assert dispatcher.prepare(None, x, 1) == dispatcher.prepare(None, x, 1) == (4, reference)
     assert len(calls) == 2
 
 
-def test_tensors_by_keyword_count_as_tensors():
+def test_tensors_by_keyword_count_as_tensors(clean_environment):
     # A CPU tensor passed by keyword is validated every call, as one passed by position: the key
     # never holds a tensor itself (it would keep it alive and match it after an in-place reshape).
-    validate, calls = counting_validator()
+    dispatcher, calls = counting_dispatcher()
     x = torch.zeros(3)
-    assert validate(n=1, x=x) == validate(n=1, x=x) == 4
+    assert dispatcher.prepare(None, x, 1, buffer=x) == dispatcher.prepare(None, x, 1, buffer=x) == (4, reference)
     assert len(calls) == 2
 
 
-def test_fake_tensors_are_validated_every_call():
+def test_fake_tensors_are_validated_every_call(clean_environment):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    validate, calls = counting_validator()
+    dispatcher, calls = counting_dispatcher()
     with FakeTensorMode() as mode:
         x = mode.from_tensor(torch.zeros(3))
-        validate(x, 1)
-        validate(x, 1)
+        dispatcher.prepare(None, x, 1)
+        dispatcher.prepare(None, x, 1)
     assert len(calls) == 2
+
+
+def test_signature_keys_plain_cuda_tensors_by_metadata(as_cuda):
+    x = torch.zeros(2, 3)
+    key = signature((x, 1, None), {"y": x.t(), "z": "auto"})
+    assert key == (
+        (torch.float32, (2, 3), (3, 1), -1), 1, None, (torch.float32, (3, 2), (1, 3), -1), "auto", "y", "z"
+    )  # fmt: skip
+    assert not any(value is x for value in key)
+    # Any other tensor: not memoised.
+    assert signature((torch.nn.Parameter(x),), {}) is None
+
+
+def test_signature_refuses_cpu_tensors():
+    assert signature((torch.zeros(2), 1), {}) is None
+    assert signature((1,), {"x": torch.zeros(2)}) is None
+    assert signature((1, "a"), {}) == (1, "a")
+
+
+def test_verdicts_are_memoised_per_signature(on_cuda):
+    dispatcher, calls = counting_dispatcher()
+    x = torch.zeros(3)
+    assert dispatcher.prepare(None, x, 1) == dispatcher.prepare(None, torch.ones(3), 1) == (4, kernel)
+    assert len(calls) == 1
+    assert dispatcher.prepare(None, torch.zeros(5), 1) == (6, kernel)  # another shape: validated
+    assert len(calls) == 2
+
+
+def test_failures_are_never_memoised(on_cuda):
+    dispatcher, calls = counting_dispatcher()
+    x = torch.zeros(3)
+    dispatcher.prepare(None, x, 1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="n: expected"):
+            dispatcher.prepare(None, x, -1)
+    assert len(calls) == 3
+
+
+def test_value_checks_requested_after_a_memoised_call_validate_every_call(on_cuda, monkeypatch):
+    dispatcher, calls = counting_dispatcher()
+    x = torch.zeros(3)
+    dispatcher.prepare(None, x, 1)
+    monkeypatch.setenv("ATTNOPS_CHECK", "1")
+    dispatcher.prepare(None, x, 1)
+    dispatcher.prepare(None, x, 1)
+    assert len(calls) == 3
+    monkeypatch.setenv("ATTNOPS_CHECK", "0")
+    dispatcher.prepare(None, x, 1)
+    assert len(calls) == 3
+
+
+def test_the_backend_is_chosen_per_call(on_cuda, monkeypatch):
+    dispatcher, _ = counting_dispatcher()
+    x = torch.zeros(3)
+    assert dispatcher.prepare(None, x, 1)[1] is kernel
+    monkeypatch.setenv("ATTNOPS_BACKEND", "torch")
+    assert dispatcher.prepare(None, x, 1)[1] is reference
+    assert dispatcher.prepare("triton", x, 1)[1] is kernel
+    monkeypatch.setenv("ATTNOPS_BACKEND", "auto")
+    assert dispatcher.prepare(None, x, 1)[1] is kernel
+    assert dispatcher.prepare("torch", x, 1)[1] is reference
+    # A bad name raises on every call, memoised signature or not.
+    monkeypatch.setenv("ATTNOPS_BACKEND", "cuda")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="ATTNOPS_BACKEND"):
+            dispatcher.prepare(None, x, 1)
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        dispatcher.prepare("fast", x, 1)
+
+
+def test_a_kernel_registered_later_is_picked(on_cuda):
+    validated = []
+    dispatcher = Dispatcher("op", reference, lambda x, n: validated.append(n))
+    x = torch.zeros(3)
+    assert dispatcher.prepare(None, x, 1)[1] is reference
+    dispatcher.register("triton")(kernel)
+    assert dispatcher.prepare(None, x, 1)[1] is kernel
+
+
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_memoised_calls_do_not_keep_tensors_alive(on_cuda, by_keyword):
+    # paged_attention_v2 passes its fresh-per-call buffers by keyword: they must hit the memo by
+    # metadata and must not be kept alive by it.
+    dispatcher, calls = counting_dispatcher()
+
+    def prepare(x):
+        return dispatcher.prepare(None, torch.zeros(2), 1, buffer=x) if by_keyword else dispatcher.prepare(None, x, 1)
+
+    buffer = torch.zeros(3)
+    alive = weakref.ref(buffer)
+    prepare(buffer)
+    del buffer
+    assert alive() is None
+    prepare(torch.ones(3))
+    assert len(calls) == 1
+
+
+def test_public_call_checks_values_when_asked_after_a_memoised_call(as_cuda, monkeypatch):
+    """``ATTNOPS_CHECK=1`` set after a memoised call of the same metadata still reads the block table."""
+    from attnops import paged_attention_v1
+    from attnops.cache import make_paged_kv_cache
+
+    cache = make_paged_kv_cache([5, 12], 2, 32, 8, torch.float16)
+    query = torch.randn(2, 4, 32, dtype=torch.float16)
+    args = [torch.empty_like(query), query, cache.key_cache, cache.value_cache, 2, 0.2, cache.block_tables,
+            cache.seq_lens, 8, 12, None, "auto", cache.k_scale, cache.v_scale]  # fmt: skip
+    paged_attention_v1(*args)
+    args[6] = torch.full_like(cache.block_tables, cache.key_cache.shape[0])
+    monkeypatch.setenv("ATTNOPS_CHECK", "1")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="block_tables: expected values in"):
+            paged_attention_v1(*args)
+
+
+def test_public_call_raises_on_every_bad_call_after_a_memoised_one(as_cuda):
+    from attnops import merge_attn_states
+
+    prefix, suffix = torch.randn(2, 4, 2, 8)
+    lse = torch.randn(2, 2, 4)
+    merge_attn_states(torch.empty_like(prefix), prefix, lse[0], suffix, lse[1])
+    for _ in range(2):
+        with pytest.raises(TypeError, match="output: expected dtype"):
+            merge_attn_states(torch.empty_like(prefix).double(), prefix, lse[0], suffix, lse[1])
 
 
 def test_host_integer_helpers():
@@ -58,37 +214,39 @@ def test_host_integer_helpers():
 @pytest.mark.gpu
 @gpu
 def test_cuda_verdicts_are_memoised_per_signature(monkeypatch):
-    validate, calls = counting_validator()
+    monkeypatch.delenv("ATTNOPS_CHECK", raising=False)
+    dispatcher, calls = counting_dispatcher()
     x = torch.zeros(3, device="cuda")
-    assert validate(x, 1) == validate(torch.ones(3, device="cuda"), 1) == 4
+    assert dispatcher.prepare("torch", x, 1) == (4, reference)
+    assert dispatcher.prepare("torch", torch.ones(3, device="cuda"), 1) == (4, reference)
     assert len(calls) == 1
-    assert validate(torch.zeros(5, device="cuda"), 1) == 6  # another shape: validated
+    assert dispatcher.prepare("torch", torch.zeros(5, device="cuda"), 1)[0] == 6  # another shape
     assert len(calls) == 2
     for _ in range(2):  # failures are never memoised
         with pytest.raises(ValueError, match="n: expected"):
-            validate(x, -1)
+            dispatcher.prepare("torch", x, -1)
     assert len(calls) == 4
     monkeypatch.setenv("ATTNOPS_CHECK", "1")
-    validate(x, 1)
+    dispatcher.prepare("torch", x, 1)
     assert len(calls) == 5
 
 
 @pytest.mark.gpu
 @gpu
-def test_cuda_keyword_tensors_are_keyed_by_metadata():
+def test_cuda_keyword_tensors_are_keyed_by_metadata(monkeypatch):
     # paged_attention_v2 passes its fresh-per-call buffers by keyword: they must hit the memo by
     # metadata and must not be kept alive by it.
-    import weakref
-
-    validate, calls = counting_validator()
+    monkeypatch.delenv("ATTNOPS_CHECK", raising=False)
+    dispatcher, calls = counting_dispatcher()
     buffer = torch.zeros(3, device="cuda")
     alive = weakref.ref(buffer)
-    validate(x=buffer, n=1)
+    x = torch.zeros(2, device="cuda")
+    dispatcher.prepare("torch", x, 1, buffer=buffer)
     del buffer
     assert alive() is None
-    validate(x=torch.ones(3, device="cuda"), n=1)
+    dispatcher.prepare("torch", x, 1, buffer=torch.ones(3, device="cuda"))
     assert len(calls) == 1
-    validate(torch.ones(3, device="cuda"), n=1)  # by position: another key
+    dispatcher.prepare("torch", x, 1, torch.ones(3, device="cuda"))  # by position: another key
     assert len(calls) == 2
 
 

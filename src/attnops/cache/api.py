@@ -6,14 +6,12 @@ import torch
 
 from attnops._common.backend import Dispatcher
 from attnops._common.dtypes import ATTENTION_DTYPES
-from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import check_same_device, check_tensor, check_values_in_range, values_checked
 from attnops.cache import reference
 from attnops.cache.layout import check_kv_caches, check_scale
 
 
-@memoize_validation
 def _validate_reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -53,7 +51,7 @@ def _validate_reshape_and_cache(
         check_values_in_range("slot_mapping", slot_mapping, -(2**63), geometry.num_blocks * geometry.block_size)
 
 
-_dispatcher = Dispatcher("reshape_and_cache", reference.reshape_and_cache)
+_dispatcher = Dispatcher("reshape_and_cache", reference.reshape_and_cache, _validate_reshape_and_cache)
 
 
 @register_op("reshape_and_cache", mutates_args=("key_cache", "value_cache"), validate=_validate_reshape_and_cache)
@@ -90,7 +88,7 @@ def reshape_and_cache(
     Raises:
         TypeError, ValueError: on bad input, before anything is written.
     """
-    _validate_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale)
-    _dispatcher.select(backend, key.device)(
-        key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale
+    _, impl = _dispatcher.prepare(
+        backend, key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale
     )
+    impl(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale)

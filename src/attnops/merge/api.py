@@ -6,7 +6,6 @@ import torch
 
 from attnops._common.backend import Dispatcher
 from attnops._common.dtypes import ATTENTION_DTYPES
-from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import (
     check_int,
@@ -21,7 +20,6 @@ from attnops.merge import reference
 FP8_OUTPUT_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 
 
-@memoize_validation
 def _validate_merge_attn_states(
     output: torch.Tensor,
     prefix_output: torch.Tensor,
@@ -66,7 +64,7 @@ def _validate_merge_attn_states(
             raise ValueError(f"output_scale: expected a finite value > 0, got {scale}")
 
 
-_dispatcher = Dispatcher("merge_attn_states", reference.merge_attn_states)
+_dispatcher = Dispatcher("merge_attn_states", reference.merge_attn_states, _validate_merge_attn_states)
 
 
 @register_op("merge_attn_states", mutates_args=("output", "output_lse"), validate=_validate_merge_attn_states)
@@ -122,7 +120,8 @@ def merge_attn_states(
     Raises:
         TypeError, ValueError: on bad input, before anything is written.
     """
-    _validate_merge_attn_states(
+    _, impl = _dispatcher.prepare(
+        backend,
         output,
         prefix_output,
         prefix_lse,
@@ -132,7 +131,6 @@ def merge_attn_states(
         prefill_tokens_with_context,
         output_scale,
     )
-    impl = _dispatcher.select(backend, output.device)
     impl(
         output,
         prefix_output,

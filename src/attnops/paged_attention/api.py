@@ -13,7 +13,6 @@ import torch
 
 from attnops._common.backend import Dispatcher
 from attnops._common.dtypes import ATTENTION_DTYPES
-from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import (
     check_divisible,
@@ -91,7 +90,6 @@ def _check_table_values(
     check_values_in_range("block_tables", block_tables[used], 0, geometry.num_blocks)
 
 
-@memoize_validation
 def _validate_paged_attention(
     out: torch.Tensor,
     query: torch.Tensor,
@@ -186,9 +184,8 @@ def _validate_v2_buffers(
     )
 
 
-_v1_dispatcher = Dispatcher("paged_attention_v1", reference.paged_attention_v1)
-_v2_dispatcher = Dispatcher("paged_attention_v2", reference.paged_attention_v2)
-_decode_dispatcher = Dispatcher("paged_decode", reference.paged_decode)
+_v1_dispatcher = Dispatcher("paged_attention_v1", reference.paged_attention_v1, _validate_paged_attention)
+_v2_dispatcher = Dispatcher("paged_attention_v2", reference.paged_attention_v2, _validate_paged_attention)
 
 
 @register_op("paged_attention_v1", mutates_args=("out",), validate=_validate_paged_attention)
@@ -253,12 +250,12 @@ def paged_attention_v1(
     Raises:
         TypeError, ValueError: on bad input, before anything is written.
     """
-    sparse = _validate_paged_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
-        alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-        blocksparse_block_size, blocksparse_head_sliding_step,
+    sparse, impl = _v1_dispatcher.prepare(
+        backend, out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
+        max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
+        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
     )  # fmt: skip
-    _v1_dispatcher.select(backend, query.device)(
+    impl(
         out, query, key_cache, value_cache, block_tables, seq_lens, float(scale), alibi_slopes, kv_cache_dtype,
         k_scale, v_scale, sparse,
     )  # fmt: skip
@@ -320,19 +317,18 @@ def paged_attention_v2(
     Raises:
         TypeError, ValueError: on bad input, before anything is written.
     """
-    sparse = _validate_paged_attention(
-        out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size, max_seq_len,
-        alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks, blocksparse_vert_stride,
-        blocksparse_block_size, blocksparse_head_sliding_step,
+    sparse, impl = _v2_dispatcher.prepare(
+        backend, out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
+        max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
+        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
         exp_sum=exp_sum, max_logits=max_logits, tmp_out=tmp_out,
     )  # fmt: skip
-    _v2_dispatcher.select(backend, query.device)(
+    impl(
         out, exp_sum, max_logits, tmp_out, query, key_cache, value_cache, block_tables, seq_lens, float(scale),
         alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse,
     )  # fmt: skip
 
 
-@memoize_validation
 def _validate_paged_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -365,6 +361,9 @@ def _validate_paged_decode(
     _check_devices_and_values(tensors, block_tables, seq_lens, max_seq_len, geometry)
 
 
+_decode_dispatcher = Dispatcher("paged_decode", reference.paged_decode, _validate_paged_decode)
+
+
 def _paged_decode_outputs(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fake ``(out, lse)``: query-shaped output and fp32 ``[num_heads, num_seqs]`` lse."""
     num_seqs, num_heads, _ = query.shape
@@ -387,12 +386,12 @@ def _paged_decode_op(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.attnops.paged_decode``: :func:`paged_decode` that always returns ``(out, lse)``."""
-    _validate_paged_decode(
-        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, alibi_slopes, kv_cache_dtype,
-        k_scale, v_scale,
+    _, impl = _decode_dispatcher.prepare(
+        backend, query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, alibi_slopes,
+        kv_cache_dtype, k_scale, v_scale,
     )  # fmt: skip
     one = torch.ones((), dtype=torch.float32, device=query.device)
-    return _decode_dispatcher.select(backend, query.device)(
+    return impl(
         query, key_cache, value_cache, block_tables, seq_lens,
         query.shape[2] ** -0.5 if scale is None else float(scale), alibi_slopes, kv_cache_dtype,
         one if k_scale is None else k_scale, one if v_scale is None else v_scale,

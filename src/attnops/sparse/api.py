@@ -138,9 +138,11 @@ def _empty_tables(
     )
 
 
-_convert_dispatcher = Dispatcher("convert_vertical_slash_indexes", reference.convert_vertical_slash_indexes)
+_convert_dispatcher = Dispatcher(
+    "convert_vertical_slash_indexes", reference.convert_vertical_slash_indexes, _validate_convert
+)
 _mergehead_dispatcher = Dispatcher(
-    "convert_vertical_slash_indexes_mergehead", reference.convert_vertical_slash_indexes_mergehead
+    "convert_vertical_slash_indexes_mergehead", reference.convert_vertical_slash_indexes_mergehead, _validate_convert
 )
 
 
@@ -218,10 +220,10 @@ def convert_vertical_slash_indexes(
     Raises:
         TypeError, ValueError: on bad input, before anything runs.
     """
-    _validate_convert(
-        q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M, block_size_N, causal
-    )
-    impl = _convert_dispatcher.select(backend, q_seqlens.device)
+    _, impl = _convert_dispatcher.prepare(
+        backend, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M, block_size_N,
+        causal,
+    )  # fmt: skip
     return impl(
         q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M, block_size_N, causal
     )
@@ -260,19 +262,10 @@ def convert_vertical_slash_indexes_mergehead(
     Raises:
         TypeError, ValueError: on bad input, before anything runs.
     """
-    _validate_convert(
-        q_seqlens,
-        kv_seqlens,
-        vertical_indexes,
-        slash_indexes,
-        context_size,
-        block_size_M,
-        block_size_N,
-        causal,
-        vertical_indices_count=vertical_indices_count,
-        slash_indices_count=slash_indices_count,
-    )
-    impl = _mergehead_dispatcher.select(backend, q_seqlens.device)
+    _, impl = _mergehead_dispatcher.prepare(
+        backend, q_seqlens, kv_seqlens, vertical_indexes, slash_indexes, context_size, block_size_M, block_size_N,
+        causal, vertical_indices_count=vertical_indices_count, slash_indices_count=slash_indices_count,
+    )  # fmt: skip
     return impl(
         q_seqlens,
         kv_seqlens,
@@ -341,7 +334,9 @@ def _validate_sparse_prefill(
         check_values_in_range("column_count", column_count, 0, column_index.shape[3] + 1)
 
 
-_attention_dispatcher = Dispatcher("sparse_prefill_attention", reference.sparse_prefill_attention)
+_attention_dispatcher = Dispatcher(
+    "sparse_prefill_attention", reference.sparse_prefill_attention, _validate_sparse_prefill
+)
 
 
 def _sparse_prefill_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,11 +362,11 @@ def _sparse_prefill_attention(
     backend: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The custom op behind :func:`sparse_prefill_attention`; always returns ``(out, lse)``."""
-    _validate_sparse_prefill(
-        q, k, v, block_count, block_offset, column_count, column_index, scale, block_size_M, block_size_N, causal
-    )
+    _, impl = _attention_dispatcher.prepare(
+        backend, q, k, v, block_count, block_offset, column_count, column_index, scale, block_size_M, block_size_N,
+        causal,
+    )  # fmt: skip
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    impl = _attention_dispatcher.select(backend, q.device)
     return impl(
         q, k, v, block_count, block_offset, column_count, column_index, scale, block_size_M, block_size_N, causal
     )

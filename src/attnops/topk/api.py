@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from attnops._common.backend import Dispatcher
-from attnops._common.fastpath import memoize_validation
 from attnops._common.registry import register_op
 from attnops._common.validate import check_int, check_same_device, check_tensor, values_checked
 from attnops.topk import reference
@@ -46,7 +45,6 @@ def _check_rows_fit(
         )
 
 
-@memoize_validation
 def _validate_top_k_per_row_prefill(
     logits: torch.Tensor,
     cu_seqlen_ks: torch.Tensor,
@@ -87,7 +85,6 @@ def _validate_top_k_per_row_prefill(
     _check_rows_fit("cu_seqlen_ke", logits, starts, ends - starts, stride0, stride1)
 
 
-@memoize_validation
 def _validate_top_k_per_row_decode(
     logits: torch.Tensor,
     next_n: int,
@@ -119,8 +116,10 @@ def _validate_top_k_per_row_decode(
     _check_rows_fit("seq_lens", logits, torch.zeros_like(lengths), lengths, stride0, stride1)
 
 
-_prefill_dispatcher = Dispatcher("top_k_per_row_prefill", reference.top_k_per_row_prefill)
-_decode_dispatcher = Dispatcher("top_k_per_row_decode", reference.top_k_per_row_decode)
+_prefill_dispatcher = Dispatcher(
+    "top_k_per_row_prefill", reference.top_k_per_row_prefill, _validate_top_k_per_row_prefill
+)
+_decode_dispatcher = Dispatcher("top_k_per_row_decode", reference.top_k_per_row_decode, _validate_top_k_per_row_decode)
 
 
 @register_op("top_k_per_row_prefill", mutates_args=("raw_topk_indices",), validate=_validate_top_k_per_row_prefill)
@@ -163,10 +162,9 @@ def top_k_per_row_prefill(
         TypeError, ValueError: on bad input (including rows that read past the
             logits storage, checked where values are checked), before anything is written.
     """
-    _validate_top_k_per_row_prefill(
-        logits, cu_seqlen_ks, cu_seqlen_ke, raw_topk_indices, num_rows, stride0, stride1, topk_tokens
+    _, impl = _prefill_dispatcher.prepare(
+        backend, logits, cu_seqlen_ks, cu_seqlen_ke, raw_topk_indices, num_rows, stride0, stride1, topk_tokens
     )
-    impl = _prefill_dispatcher.select(backend, logits.device)
     impl(logits, cu_seqlen_ks, cu_seqlen_ke, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
 
 
@@ -207,6 +205,7 @@ def top_k_per_row_decode(
         TypeError, ValueError: on bad input (including rows that read past the
             logits storage, checked where values are checked), before anything is written.
     """
-    _validate_top_k_per_row_decode(logits, next_n, seq_lens, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
-    impl = _decode_dispatcher.select(backend, logits.device)
+    _, impl = _decode_dispatcher.prepare(
+        backend, logits, next_n, seq_lens, raw_topk_indices, num_rows, stride0, stride1, topk_tokens
+    )
     impl(logits, next_n, seq_lens, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
