@@ -85,9 +85,10 @@ def test_fake_tensors_are_validated_every_call(clean_environment):
 
 def test_signature_keys_plain_cuda_tensors_by_metadata(as_cuda):
     x = torch.zeros(2, 3)
-    key = signature((x, 1, None), {"y": x.t(), "z": "auto"})
+    key = signature((x, 1, None, 0.5), {"y": x.t(), "z": "auto"})
     assert key == (
-        (torch.float32, (2, 3), (3, 1), -1), 1, None, (torch.float32, (3, 2), (1, 3), -1), "auto", "y", "z"
+        (torch.float32, (2, 3), (3, 1), -1), 1, None, (float, 0.5), (torch.float32, (3, 2), (1, 3), -1), "auto",
+        "y", "z",
     )  # fmt: skip
     assert not any(value is x for value in key)
     # Any other tensor: not memoised.
@@ -100,6 +101,10 @@ def test_signature_refuses_cpu_tensors():
     assert signature((1, "a"), {}) == (1, "a")
 
 
+def test_signature_tells_equal_values_of_other_types_apart():
+    assert len({signature((value,), {}) for value in (1, 1.0, True)}) == 3
+
+
 def test_verdicts_are_memoised_per_signature(on_cuda):
     dispatcher, calls = counting_dispatcher()
     x = torch.zeros(3)
@@ -107,6 +112,22 @@ def test_verdicts_are_memoised_per_signature(on_cuda):
     assert len(calls) == 1
     assert dispatcher.prepare(None, torch.zeros(5), 1) == (6, kernel)  # another shape: validated
     assert len(calls) == 2
+
+
+def test_a_value_equal_to_a_memoised_one_but_of_another_type_is_checked(as_cuda):
+    # max_seq_len=12 is memoised; 12.0 and True compare equal to ints but are rejected.
+    from attnops import paged_attention_v1
+    from attnops.cache import make_paged_kv_cache
+
+    cache = make_paged_kv_cache([1, 1], 2, 32, 8, torch.float16)
+    query = torch.randn(2, 4, 32, dtype=torch.float16)
+    args = [torch.empty_like(query), query, cache.key_cache, cache.value_cache, 2, 0.2, cache.block_tables,
+            cache.seq_lens, 8, 1, None, "auto", cache.k_scale, cache.v_scale]  # fmt: skip
+    paged_attention_v1(*args)
+    for value in (1.0, True):
+        args[9] = value
+        with pytest.raises(TypeError, match="max_seq_len: expected an int"):
+            paged_attention_v1(*args)
 
 
 def test_failures_are_never_memoised(on_cuda):

@@ -24,9 +24,11 @@ from torch import Tensor
 # Signatures kept per cache (validation verdicts, compiled handles, launch plans); a process that
 # sees more distinct ones starts over (or, for plans, drops the least recently used).
 MAX_ENTRIES = 4096
-# Argument types that are keyed as themselves without asking whether they are tensors
-# (``isinstance(value, torch.Tensor)`` costs ~60 ns, and the paged ops take 11 such arguments).
-_SCALARS = frozenset({int, float, str, bool, type(None)})
+# Argument types keyed as themselves, without asking whether they are tensors (``isinstance(value,
+# torch.Tensor)`` costs ~60 ns; the paged ops take 10 such arguments): no value of one equals a
+# value of another. Other values are keyed with their type, as ``1 == 1.0 == True``: a float or a
+# bool must not hit the verdict of an int and skip the check that rejects it.
+_PLAIN = frozenset({int, str, type(None)})
 
 
 def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
@@ -34,7 +36,8 @@ def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
 
     Tensors, positional or by keyword, contribute dtype, shape, strides and device index (never
     themselves: a key must not keep a tensor alive, nor match it after an in-place change of its
-    shape); other values contribute themselves, keyword names last. Only plain CUDA tensors
+    shape); other values contribute themselves (with their type, but for ints, strings and
+    ``None``), keyword names last. Only plain CUDA tensors
     qualify: any other tensor (a CPU tensor, whose values validation reads; a fake tensor under
     ``torch.compile``, a subclass) gives ``None``. ~4.4 µs for the 19 arguments (8 tensors) of
     ``paged_attention_v1`` on a CPU, ~0.45 µs a tensor (``Tensor`` and ``append`` are bound
@@ -48,10 +51,12 @@ def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
             if not value.is_cuda:
                 return None
             append((value.dtype, value.shape, value.stride(), value.get_device()))
-        elif kind in _SCALARS or not isinstance(value, Tensor):
+        elif kind in _PLAIN:
             append(value)
-        else:
+        elif isinstance(value, Tensor):
             return None
+        else:
+            append((kind, value))
     key.extend(kwargs)
     return tuple(key)
 
