@@ -37,6 +37,16 @@ def counting_dispatcher():
     return dispatcher, calls
 
 
+def paged_v1_arguments(max_seq_len: int) -> list:
+    """``paged_attention_v1``'s arguments, sequences of 5 and 12 tokens."""
+    from attnops.cache import make_paged_kv_cache
+
+    cache = make_paged_kv_cache([5, 12], 2, 32, 8, torch.float16)
+    query = torch.randn(2, 4, 32, dtype=torch.float16)
+    return [torch.empty_like(query), query, cache.key_cache, cache.value_cache, 2, 0.2, cache.block_tables,
+            cache.seq_lens, 8, max_seq_len, None, "auto", cache.k_scale, cache.v_scale]  # fmt: skip
+
+
 @pytest.fixture
 def clean_environment(monkeypatch):
     for name in ("ATTNOPS_CHECK", "ATTNOPS_BACKEND", "TRITON_INTERPRET"):
@@ -115,19 +125,69 @@ def test_verdicts_are_memoised_per_signature(on_cuda):
 
 
 def test_a_value_equal_to_a_memoised_one_but_of_another_type_is_checked(as_cuda):
-    # max_seq_len=12 is memoised; 12.0 and True compare equal to ints but are rejected.
+    # block_size=8 is memoised; 8.0 and True compare equal to ints but are rejected.
     from attnops import paged_attention_v1
-    from attnops.cache import make_paged_kv_cache
 
-    cache = make_paged_kv_cache([1, 1], 2, 32, 8, torch.float16)
-    query = torch.randn(2, 4, 32, dtype=torch.float16)
-    args = [torch.empty_like(query), query, cache.key_cache, cache.value_cache, 2, 0.2, cache.block_tables,
-            cache.seq_lens, 8, 1, None, "auto", cache.k_scale, cache.v_scale]  # fmt: skip
+    args = paged_v1_arguments(12)
     paged_attention_v1(*args)
-    for value in (1.0, True):
-        args[9] = value
-        with pytest.raises(TypeError, match="max_seq_len: expected an int"):
+    for value in (8.0, True):
+        args[8] = value
+        with pytest.raises(TypeError, match="block_size: expected an int"):
             paged_attention_v1(*args)
+
+
+def test_an_unkeyed_argument_is_keyed_by_its_type(on_cuda):
+    calls = []
+    dispatcher = Dispatcher("op", reference, lambda x, limit, n: calls.append(limit), unkeyed="limit")
+    x = torch.zeros(3)
+    for limit in (1, 2, 3):
+        dispatcher.prepare(None, x, limit, 1)
+    assert calls == [1]
+    dispatcher.prepare(None, x, 1.5, 1)
+    dispatcher.prepare(None, x, 1, 2)  # keyed arguments still are
+    assert calls == [1, 1.5, 1]
+
+
+def test_a_growing_max_seq_len_hits_the_memoised_checks(as_cuda, monkeypatch):
+    from attnops import paged_attention_v1
+    from attnops.paged_attention import api
+
+    validated = []
+    validate = api._v1_dispatcher.validate
+    monkeypatch.setattr(api._v1_dispatcher, "validate", lambda *a, **k: validated.append(1) or validate(*a, **k))
+    monkeypatch.setattr(api._v1_dispatcher, "_prepared", {})  # nothing memoised by earlier tests
+    args = paged_v1_arguments(12)
+    for max_seq_len in range(12, 20):
+        args[9] = max_seq_len
+        paged_attention_v1(*args)
+    assert len(validated) == 1
+
+
+@pytest.mark.parametrize(
+    ("max_seq_len", "error", "message"),
+    [(-1, ValueError, "max_seq_len: expected a value >= 0"), (13.0, TypeError, "max_seq_len: expected an int")],
+)
+def test_a_bad_max_seq_len_raises_after_a_memoised_call(as_cuda, max_seq_len, error, message):
+    from attnops import paged_attention_v1
+
+    args = paged_v1_arguments(12)
+    paged_attention_v1(*args)
+    args[9] = max_seq_len
+    for _ in range(2):
+        with pytest.raises(error, match=message):
+            paged_attention_v1(*args)
+
+
+def test_v2_checks_its_partitions_against_every_max_seq_len(as_cuda):
+    from attnops import paged_attention_v2
+
+    out, *tail = paged_v1_arguments(12)
+    buffers = [torch.zeros(2, 4, 1), torch.zeros(2, 4, 1), torch.zeros(2, 4, 1, 32, dtype=torch.float16)]
+    paged_attention_v2(out, *buffers, *tail)
+    tail[8] = 513  # two partitions of 512 tokens, one allocated
+    for _ in range(2):
+        with pytest.raises(ValueError, match="exp_sum: expected at least"):
+            paged_attention_v2(out, *buffers, *tail)
 
 
 def test_failures_are_never_memoised(on_cuda):
@@ -202,14 +262,10 @@ def test_memoised_calls_do_not_keep_tensors_alive(on_cuda, by_keyword):
 def test_public_call_checks_values_when_asked_after_a_memoised_call(as_cuda, monkeypatch):
     """``ATTNOPS_CHECK=1`` set after a memoised call of the same metadata still reads the block table."""
     from attnops import paged_attention_v1
-    from attnops.cache import make_paged_kv_cache
 
-    cache = make_paged_kv_cache([5, 12], 2, 32, 8, torch.float16)
-    query = torch.randn(2, 4, 32, dtype=torch.float16)
-    args = [torch.empty_like(query), query, cache.key_cache, cache.value_cache, 2, 0.2, cache.block_tables,
-            cache.seq_lens, 8, 12, None, "auto", cache.k_scale, cache.v_scale]  # fmt: skip
+    args = paged_v1_arguments(12)
     paged_attention_v1(*args)
-    args[6] = torch.full_like(cache.block_tables, cache.key_cache.shape[0])
+    args[6] = torch.full_like(args[6], args[2].shape[0])
     monkeypatch.setenv("ATTNOPS_CHECK", "1")
     for _ in range(2):
         with pytest.raises(ValueError, match="block_tables: expected values in"):

@@ -13,6 +13,7 @@ CUDA calls (see :mod:`attnops._common.fastpath`).
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -61,13 +62,22 @@ class Dispatcher:
     """The implementations of one op, keyed by backend name, and the op's argument checks.
 
     The PyTorch reference and the validator are given at construction; a Triton kernel module
-    adds itself with :meth:`register` when it is written.
+    adds itself with :meth:`register` when it is written. ``unkeyed`` names a parameter of
+    ``validate`` whose value :meth:`prepare` keys by its type alone, for an argument that changes
+    every call (paged decode's ``max_seq_len`` grows every step: keyed by value, every step missed
+    the memo and validated in full, ~35 µs more a call on a CPU). ``validate`` may then read the
+    value only in value checks or in checks that the caller repeats after :meth:`prepare` on
+    every call.
     """
 
-    def __init__(self, op: str, reference: Callable[..., Any], validate: Callable[..., Any]) -> None:
+    def __init__(
+        self, op: str, reference: Callable[..., Any], validate: Callable[..., Any], unkeyed: str | None = None
+    ) -> None:
         self.op = op
         self.impls: dict[str, Callable[..., Any]] = {"torch": reference}
         self.validate = validate
+        # Position of the unkeyed argument (when passed by position; by keyword it is keyed by value).
+        self._unkeyed = None if unkeyed is None else list(inspect.signature(validate).parameters).index(unkeyed)
         # (backend asked for, argument signature) -> (verdict, implementation), for CUDA calls.
         self._prepared: dict[tuple, tuple[Any, Callable[..., Any]]] = {}
 
@@ -108,7 +118,7 @@ class Dispatcher:
         on every call, as failures are never kept.
         """
         name = requested_backend(backend)
-        key = None if checks_requested() else signature(args, kwargs)
+        key = None if checks_requested() else signature(self._keyed(args), kwargs)
         if key is None:
             return self._prepare(name, args, kwargs)
         key = (name, key)
@@ -122,6 +132,13 @@ class Dispatcher:
                 self._prepared.clear()
             self._prepared[key] = prepared
         return prepared
+
+    def _keyed(self, args: tuple) -> tuple:
+        """``args`` as :meth:`prepare` keys them: the unkeyed argument replaced by its type."""
+        at = self._unkeyed
+        if at is None or at >= len(args):
+            return args
+        return (*args[:at], type(args[at]), *args[at + 1 :])
 
     def _prepare(self, name: str, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Callable[..., Any]]:
         """:meth:`prepare` without the memo: validation first, so bad arguments raise before anything else."""

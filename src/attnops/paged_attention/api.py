@@ -114,10 +114,14 @@ def _validate_paged_attention(
     max_logits: torch.Tensor | None = None,
     tmp_out: torch.Tensor | None = None,
 ) -> BlockSparse | None:
-    """Checks of ``paged_attention_v1`` and (with its buffers) ``v2``; returns the block-sparse pattern, if any."""
+    """Checks of ``paged_attention_v1`` and (with its buffers) ``v2``; returns the block-sparse pattern, if any.
+
+    Besides value checks, the checks of ``max_seq_len`` are those of :func:`_check_max_seq_len`, which
+    the ops repeat on every call (their dispatchers key it by its type alone).
+    """
     check_scale("k_scale", k_scale)
     check_scale("v_scale", v_scale)
-    check_int("max_seq_len", max_seq_len, min_value=0)
+    _check_max_seq_len(max_seq_len)
     geometry = _validate_attention_inputs(
         query, key_cache, value_cache, block_tables, seq_lens, max_seq_len, alibi_slopes, kv_cache_dtype,
         k_scale, v_scale,
@@ -170,12 +174,7 @@ def _validate_v2_buffers(
     num_seqs, num_heads, head_size = query.shape
     check_tensor("exp_sum", exp_sum, dtype=torch.float32, shape=(num_seqs, num_heads, None), contiguous=True)
     num_partitions = exp_sum.shape[2]
-    needed = math.ceil(max_seq_len / PARTITION_SIZE)
-    if num_partitions < needed:
-        raise ValueError(
-            f"exp_sum: expected at least ceil(max_seq_len / {PARTITION_SIZE}) = {needed} partitions (dim 2), "
-            f"got {num_partitions}"
-        )
+    _check_partitions(max_seq_len, exp_sum)
     check_tensor(
         "max_logits", max_logits, dtype=torch.float32, shape=(num_seqs, num_heads, num_partitions), contiguous=True
     )
@@ -184,8 +183,30 @@ def _validate_v2_buffers(
     )
 
 
-_v1_dispatcher = Dispatcher("paged_attention_v1", reference.paged_attention_v1, _validate_paged_attention)
-_v2_dispatcher = Dispatcher("paged_attention_v2", reference.paged_attention_v2, _validate_paged_attention)
+def _check_partitions(max_seq_len: int, exp_sum: torch.Tensor) -> None:
+    """v2's buffers must hold a partition per ``PARTITION_SIZE`` tokens of ``max_seq_len``."""
+    needed = math.ceil(max_seq_len / PARTITION_SIZE)
+    if exp_sum.shape[2] < needed:
+        raise ValueError(
+            f"exp_sum: expected at least ceil(max_seq_len / {PARTITION_SIZE}) = {needed} partitions (dim 2), "
+            f"got {exp_sum.shape[2]}"
+        )
+
+
+def _check_max_seq_len(max_seq_len: object, exp_sum: torch.Tensor | None = None) -> None:
+    """The checks of ``max_seq_len`` that read no tensor values, repeated on every call after the
+    memoised ones, which key it by its type alone (it grows every decode step; see :class:`Dispatcher`)."""
+    check_int("max_seq_len", max_seq_len, min_value=0)
+    if exp_sum is not None:
+        _check_partitions(max_seq_len, exp_sum)
+
+
+_v1_dispatcher = Dispatcher(
+    "paged_attention_v1", reference.paged_attention_v1, _validate_paged_attention, unkeyed="max_seq_len"
+)
+_v2_dispatcher = Dispatcher(
+    "paged_attention_v2", reference.paged_attention_v2, _validate_paged_attention, unkeyed="max_seq_len"
+)
 
 
 @register_op("paged_attention_v1", mutates_args=("out",), validate=_validate_paged_attention)
@@ -255,6 +276,7 @@ def paged_attention_v1(
         max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
         blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
     )  # fmt: skip
+    _check_max_seq_len(max_seq_len)
     impl(
         out, query, key_cache, value_cache, block_tables, seq_lens, float(scale), alibi_slopes, kv_cache_dtype,
         k_scale, v_scale, sparse,
@@ -323,6 +345,7 @@ def paged_attention_v2(
         blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
         exp_sum=exp_sum, max_logits=max_logits, tmp_out=tmp_out,
     )  # fmt: skip
+    _check_max_seq_len(max_seq_len, exp_sum)
     impl(
         out, exp_sum, max_logits, tmp_out, query, key_cache, value_cache, block_tables, seq_lens, float(scale),
         alibi_slopes, kv_cache_dtype, k_scale, v_scale, sparse,
