@@ -9,14 +9,17 @@ our host code up to Triton's C launcher, on CPU tensors of the SPEC §3 shapes. 
 - ``public paged v1 1x1024`` …: the whole public call as vLLM makes it (``backend`` and
   ``ATTNOPS_BACKEND`` unset): the public wrapper, the memoised validation, the backend dispatch,
   then the Triton implementation. The CPU stand-ins take the CUDA tensors' path: they count as
-  CUDA tensors for the memoised validation, and each dispatcher's reference entry is its Triton
+  CUDA tensors for the memoised validation, whose paged checks read no values (as without
+  ``ATTNOPS_CHECK=1`` on a GPU), and each dispatcher's reference entry is its Triton
   implementation (what ``"auto"`` picks on a GPU). Only this script is patched, never the library.
+  ``public paged v1 1x1024 growing`` passes a ``max_seq_len`` one larger every call, as a decode loop does.
 
 Prints µs per call of each case; with a CASE name, a cProfile of it instead.
 """
 
 import cProfile
 import functools
+import itertools
 import pstats
 import sys
 import timeit
@@ -80,6 +83,7 @@ def _public_as_on_cuda() -> None:
     """CPU tensors take the public call's CUDA path: memoised validation, then the Triton implementation."""
     # The memo takes plain tensors whose ``is_cuda`` holds (a class attribute shadows the property).
     torch.Tensor.is_cuda = True
+    paged_api.values_checked = lambda *tensors: False
     for dispatcher in (paged_api._v1_dispatcher, paged_api._v2_dispatcher, merge_api._dispatcher,
                        topk_api._decode_dispatcher):  # fmt: skip
         dispatcher.impls["torch"] = dispatcher.impls["triton"]
@@ -96,6 +100,9 @@ def public_cases() -> dict:
     stats = torch.empty(2, 1, 32, 2)
     tmp = torch.empty(1, 32, 2, 128, dtype=torch.bfloat16)
     calls["public paged v1 1x1024"] = functools.partial(attnops.paged_attention_v1, out, *tail)
+    max_seq_lens = itertools.count(1024)
+    head = functools.partial(attnops.paged_attention_v1, out, *tail[:8])
+    calls["public paged v1 1x1024 growing"] = lambda: head(next(max_seq_lens), *tail[9:])
     calls["public paged v2 1x1024"] = functools.partial(attnops.paged_attention_v2, out, stats[0], stats[1], tmp, *tail)
     logits = torch.randn(1, 8192)
     lens = torch.full((1,), 8192, dtype=torch.int32)
