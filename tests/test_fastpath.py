@@ -178,6 +178,22 @@ def test_a_bad_max_seq_len_raises_after_a_memoised_call(as_cuda, max_seq_len, er
             paged_attention_v1(*args)
 
 
+def test_paged_decode_checks_every_max_seq_len(as_cuda, monkeypatch):
+    from attnops import paged_decode
+    from attnops.paged_attention import api
+
+    validated = []
+    validate = api._decode_dispatcher.validate
+    monkeypatch.setattr(api._decode_dispatcher, "validate", lambda *a, **k: validated.append(1) or validate(*a, **k))
+    monkeypatch.setattr(api._decode_dispatcher, "_prepared", {})  # nothing memoised by earlier tests
+    _, query, key_cache, value_cache, _, _, block_tables, seq_lens, *_ = paged_v1_arguments(12)
+    for max_seq_len in range(12, 16):
+        paged_decode(query, key_cache, value_cache, block_tables, seq_lens, max_seq_len=max_seq_len)
+    assert len(validated) == 1
+    with pytest.raises(ValueError, match="max_seq_len: expected a value >= 0"):
+        paged_decode(query, key_cache, value_cache, block_tables, seq_lens, max_seq_len=-1)
+
+
 def test_v2_checks_its_partitions_against_every_max_seq_len(as_cuda):
     from attnops import paged_attention_v2
 

@@ -57,7 +57,7 @@ def _validate_attention_inputs(
     if v_scale is not None:
         check_scale("v_scale", v_scale)
     if max_seq_len is not None:
-        check_int("max_seq_len", max_seq_len, min_value=0)
+        _check_max_seq_len(max_seq_len)
     return geometry
 
 
@@ -194,8 +194,9 @@ def _check_partitions(max_seq_len: int, exp_sum: torch.Tensor) -> None:
 
 
 def _check_max_seq_len(max_seq_len: object, exp_sum: torch.Tensor | None = None) -> None:
-    """The checks of ``max_seq_len`` that read no tensor values, repeated on every call after the
-    memoised ones, which key it by its type alone (it grows every decode step; see :class:`Dispatcher`)."""
+    """The checks of ``max_seq_len`` that read no tensor values (``paged_decode`` skips its ``None``),
+    repeated on every call after the memoised ones, which key it by its type alone (it grows every
+    decode step; see :class:`Dispatcher`)."""
     check_int("max_seq_len", max_seq_len, min_value=0)
     if exp_sum is not None:
         _check_partitions(max_seq_len, exp_sum)
@@ -365,6 +366,7 @@ def _validate_paged_decode(
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
 ) -> None:
+    """Checks of ``paged_decode``; those of ``max_seq_len`` are repeated on every call, as in v1."""
     if scale is not None:
         check_float("scale", scale)
     geometry = _validate_attention_inputs(
@@ -384,7 +386,7 @@ def _validate_paged_decode(
     _check_devices_and_values(tensors, block_tables, seq_lens, max_seq_len, geometry)
 
 
-_decode_dispatcher = Dispatcher("paged_decode", reference.paged_decode, _validate_paged_decode)
+_decode_dispatcher = Dispatcher("paged_decode", reference.paged_decode, _validate_paged_decode, unkeyed="max_seq_len")
 
 
 def _paged_decode_outputs(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,6 +415,8 @@ def _paged_decode_op(
         backend, query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, alibi_slopes,
         kv_cache_dtype, k_scale, v_scale,
     )  # fmt: skip
+    if max_seq_len is not None:
+        _check_max_seq_len(max_seq_len)
     one = torch.ones((), dtype=torch.float32, device=query.device)
     return impl(
         query, key_cache, value_cache, block_tables, seq_lens,
