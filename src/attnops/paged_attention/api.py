@@ -343,8 +343,7 @@ def paged_attention_v2(
     sparse, impl = _v2_dispatcher.prepare(
         backend, out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
         max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank, blocksparse_local_blocks,
-        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
-        exp_sum=exp_sum, max_logits=max_logits, tmp_out=tmp_out,
+        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step, exp_sum, max_logits, tmp_out,
     )  # fmt: skip
     _check_max_seq_len(max_seq_len, exp_sum)
     impl(
