@@ -83,6 +83,7 @@ def _public_as_on_cuda() -> None:
     """CPU tensors take the public call's CUDA path: memoised validation, then the Triton implementation."""
     # The memo takes plain tensors whose ``is_cuda`` holds (a class attribute shadows the property).
     torch.Tensor.is_cuda = True
+    # A memo miss of a paged call costs what it costs on a GPU without ATTNOPS_CHECK=1: no value checks.
     paged_api.values_checked = lambda *tensors: False
     for dispatcher in (paged_api._v1_dispatcher, paged_api._v2_dispatcher, merge_api._dispatcher,
                        topk_api._decode_dispatcher):  # fmt: skip
@@ -106,9 +107,9 @@ def public_cases() -> dict:
     calls["public paged v2 1x1024"] = functools.partial(attnops.paged_attention_v2, out, stats[0], stats[1], tmp, *tail)
     logits = torch.randn(1, 8192)
     lens = torch.full((1,), 8192, dtype=torch.int32)
-    out = torch.empty(1, 2048, dtype=torch.int32)
+    indices = torch.empty(1, 2048, dtype=torch.int32)
     calls["public top-k decode 1x8192"] = functools.partial(
-        attnops.top_k_per_row_decode, logits, 1, lens, out, 1, 8192, 1, 2048
+        attnops.top_k_per_row_decode, logits, 1, lens, indices, 1, 8192, 1, 2048
     )
     prefix, suffix = torch.randn(2, 512, 32, 128, dtype=torch.bfloat16)
     lse = torch.randn(3, 32, 512)
