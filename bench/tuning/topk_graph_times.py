@@ -57,8 +57,11 @@ def prefill_cell(label: str, width: int, rows: int = 4096) -> None:
         top_k_per_row_prefill(logits, starts, ends, out, rows, width, 1, K)
 
     call()
+    masked = logits.masked_fill(torch.arange(width, device="cuda") >= ends[:, None], -float("inf"))
+    expected = torch.topk(masked, K, dim=1).values.sort(dim=1).values
+    exact = torch.equal(logits.gather(1, out.long()).sort(dim=1).values, expected)
     us = time_cuda_graph(call, budget_ms=100).median_us
-    print(f"{label} prefill {rows}x{width}: {us:.1f} us", flush=True)
+    print(f"{label} prefill {rows}x{width}: {us:.1f} us exact={exact}", flush=True)
 
 
 def main() -> None:

@@ -34,15 +34,16 @@ def _phases(logits, out, n, k, VARIANT: tl.constexpr, ROW: tl.constexpr, TILE: t
             mid = mid + tl.sum((keys >= mid).to(tl.int32), axis=0) - k
         tl.store(out_row, mid)
     else:
-        lo, hi, count_hi = kernels._search(keys, n, k, k, True)
+        lo, hi, count_hi, _ = kernels._search(keys, n, k, k, True, 0)
         if VARIANT == 2:
             tl.store(out_row, lo.to(tl.int32))
         elif VARIANT == 3:
             kernels._emit_tiles(
-                row_ptr, 0, n, 1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, out_row, out_row, 1, TILE, False, False
-            )
+                row_ptr, 0, n, 1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, n * 0, out_row, out_row, 1, out_row,
+                TILE, False, False, 0, 0,
+            )  # fmt: skip
         else:
-            take, position, _, _ = kernels._rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
+            take, _, position, _, _ = kernels._rank(keys, valid, lo, hi, count_hi, k - count_hi, n * 0, 0, 0, 0, 0)
             tl.store(out_row + position, cols, mask=take)
 
 

@@ -1,7 +1,8 @@
 """The Triton ``top_k_per_row_prefill`` / ``_decode`` against an exact per-row selection computed here.
 
 Each case runs with the kernel's own constants and with tiny ones (rows of more than 64
-columns are "long", chunks of 32 columns, 128 candidate slots, tiles of 16), so that on small
+columns are "long", chunks of 32 columns, 128 candidate slots, tiles of 16, searches ending at 4
+keys between their bounds, prefix sums in groups of 4 lanes), so that on small
 rows every path runs: rows no longer than k, rows held in one program, chunk candidates, chunks
 searched again over all their columns (more top keys than candidate slots), and the streaming
 fallback (rows longer than the chunk programs cover, k above the candidate slots); the tiny
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.triton
 
 INF = float("inf")
 SENTINEL = -7
-SMALL = dict(_SHORT_ROW=64, _CHUNK=32, _CANDIDATES=128, _TILE=16, _SLACK_MIN=2)
+SMALL = dict(_SHORT_ROW=64, _CHUNK=32, _CANDIDATES=128, _TILE=16, _SLACK_MIN=2, _PAIR_CAP=4)
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -44,6 +45,8 @@ def use_small_sizes(monkeypatch, emission):
     for name, value in SMALL.items():
         monkeypatch.setattr(kernels, name, value)
     monkeypatch.setattr(kernels, "_REGISTER_PROGRAMS_PER_SM", 0 if emission == "tiles" else 2**20)
+    # Prefix sums over [tile // 4, 4] views (the kernels' groups are wider than the tiny tiles).
+    monkeypatch.setattr(kernels, "_scan_group", lambda num_warps, in_registers: 4)
 
 
 @pytest.fixture(params=["default", "small-tiles", "small-registers"])
@@ -56,8 +59,9 @@ def sizes(request, monkeypatch):
 
 @pytest.fixture(params=["tiles", "registers"])
 def small_sizes(request, monkeypatch):
-    """The tiny constants with either way of writing results."""
+    """The tiny constants with either way of writing results (returns ``"tiles"`` or ``"registers"``)."""
     use_small_sizes(monkeypatch, request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -78,6 +82,11 @@ def spy(monkeypatch, device):
         return calls
 
     return install
+
+
+def scalar(value):
+    """A scalar argument of a kernel helper recorded by ``spy`` under the interpreter, as an int."""
+    return int(value.handle.data.item()) if isinstance(value, kernels.tl.tensor) else int(value)
 
 
 def i32(values, device):
@@ -298,6 +307,27 @@ def test_streaming_fallback_for_rows_beyond_the_chunk_programs(device, small_siz
         assert len(fallbacks) == 5
 
 
+@pytest.mark.parametrize("pair_cap", [0, 8, 64])
+def test_few_keys_between_the_bounds_are_ranked_among_themselves(device, small_sizes, monkeypatch, spy, pair_cap):
+    monkeypatch.setattr(kernels, "_PAIR_CAP", pair_cap)
+    resolved = spy("_resolve_pairs")
+    g = torch.Generator().manual_seed(14)
+    n = 200
+    # 20 large values, 30 copies of 1.0 and smaller ones: the top 35 take 15 of the copies.
+    ties = torch.cat([10 + torch.rand(20, generator=g), torch.ones(30), torch.rand(n - 50, generator=g) - 1])
+    # Adjacent fp32 values (and a few repeats) around the threshold.
+    near = 1.0 + torch.randint(0, 40, (n,), generator=g) * 2**-23
+    logits = torch.stack([ties[torch.randperm(n, generator=g)], near, ties.flip(0)]).to(device)
+    # Rows of 60 are held in one program; rows of 200 go through chunk candidates.
+    run_prefill(logits, [0, 0, 140], [n, n, n], 35)
+    run_decode(logits, 1, [60, n, 60], 3, 35)
+    if resolved is not None:
+        # Keys were ranked as pairs (pair_limit > 0, count_lo > count_hi): only in launches writing
+        # from tiles (throughput-bound), and only with pairs on.
+        ranked = any(scalar(args[3]) > 0 and scalar(args[2]) > scalar(args[1]) for args in resolved)
+        assert ranked == (pair_cap > 0 and small_sizes == "tiles")
+
+
 def test_auto_dispatches_to_triton_only_for_cuda(device, monkeypatch):
     monkeypatch.delenv("ATTNOPS_BACKEND", raising=False)
     for dispatcher, kernel in [
@@ -325,9 +355,14 @@ def test_hypothesis_against_exact_selection(data):
         logits = torch.tensor(pool)[torch.randint(0, len(pool), (num_rows, width), generator=g)]
     starts = [data.draw(st.integers(0, width)) for _ in range(num_rows)]
     ends = [data.draw(st.integers(s, width)) for s in starts]
+    pair_cap = data.draw(st.sampled_from([0, 1, 4, 64]))
+    scan_group = data.draw(st.sampled_from([0, 2, 4, 16]))
     with pytest.MonkeyPatch.context() as patch:
         for name, value in SMALL.items():
             patch.setattr(kernels, name, value)
+        patch.setattr(kernels, "_PAIR_CAP", pair_cap)
+        patch.setattr(kernels, "_scan_group", lambda num_warps, in_registers: scan_group)
+        kernels._plan.cache_clear()
         run_prefill(logits.to(device), starts, ends, k)
 
 
@@ -417,8 +452,9 @@ def test_plan_keys_hold_every_constexpr():
     assert plan.chunk_key == tuple(plan.chunk_params.items())
     assert plan.finish_key == tuple(plan.finish_params.items())
     assert plan.finish_key != kernels._plan(4, 20000, False, False, False, device, False).finish_key
-    assert plan.scratch_elements == 4 * (2 * kernels._CANDIDATES + 2 * plan.chunk_programs)
+    assert plan.scratch_elements == 4 * (2 * kernels._CANDIDATES + 2 * plan.chunk_programs + 2 * kernels._PAIR_CAP)
     interpreted = kernels._plan(4, 20000, False, True, False, device, True)
     assert interpreted.chunk_key is None and interpreted.finish_key is None
     short = kernels._plan(4, 100, False, True, False, device, False)
-    assert short.chunk_programs == 0 and short.chunk_params is None and short.scratch_elements == 0
+    assert short.chunk_programs == 0 and short.chunk_params is None
+    assert short.scratch_elements == 4 * 2 * kernels._PAIR_CAP

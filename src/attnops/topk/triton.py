@@ -7,7 +7,12 @@ key: a bisection of the int32 range in which each probe counts the keys at or ab
 compare and one add per key held in registers, then a block reduction; about 20 probes for
 random data). It never relies on distinct values: when the k-th key is shared, the keys above
 it are taken and then just enough of the equal ones, numbered by a prefix sum, so an index
-never repeats.
+never repeats. In throughput-bound finish launches the search stops earlier, once at most
+``_PAIR_CAP`` keys lie between its bounds: the emission writes those few to a per-row scratch
+and :func:`_resolve_pairs` ranks them against each other (ties by slot), so again no index
+repeats. Prefix sums of launches that read tiles number the lanes column by column of a
+``[rows, lanes of one register row]`` view (:func:`_exclusive_prefix`): most of the scan stays
+inside each thread.
 
 Two launches, with grids and scratch sizes from shapes only and no host synchronisation
 (CUDA-graph safe):
@@ -26,7 +31,8 @@ Two launches, with grids and scratch sizes from shapes only and no host synchron
    k-th candidate (more top keys than slots: the top of the row gathered in a few chunks) is
    searched again over all its columns, read from the logits once per probe. A row with more
    chunks than there were programs, or fewer candidates than k (k above ``_CANDIDATES``), is
-   searched over all its columns the same way: slow, but exact for any data.
+   searched over all its columns the same way: slow, but exact for any data. Scratch after the
+   chunk kernel's outputs: int32 ``[num_rows, 2, PAIR_CAP]`` for the pairs (:func:`_pair_buffer`).
 """
 
 from __future__ import annotations
@@ -92,6 +98,23 @@ _MAX_GRID_Y = 65535
 # (0.04 within 2 %; 0.125 and 0.25 slower); exponential and bimodal rows of 8192 within 0.4 us
 # of unguided, bimodal rows of 131072 1.9 us slower (docs/performance.md, version 6).
 _GUIDE_WIDTH = tl.constexpr(0.0625)
+# Throughput-bound finish launches (those writing from tiles) stop their searches once at most
+# _PAIR_CAP keys lie between the bounds (the normal-fit bracket holds ~4 % of a row, halved by
+# each probe: ~5 probes fewer) and rank those few against each other (_PAIR_CAP^2 comparisons
+# after a round trip through scratch); 0 bisects to one key value. H100, graph replay, base ->
+# pairs (prefix sums in lane order): prefill 4096x8192 207.2 -> 196.5 us; with the grouped prefix
+# sums below, pairs of 16 / 32 / 64: 180.1 / 175.1 / 178.3 us (4096x32768 973.5 / 970.7 / 980.5).
+# Latency-bound launches lost with pairs (one row of 8192 13.6 -> 15.2 us, of 32768 29.5 -> 37.3,
+# 128x131072 119.2 -> 128.8: the round trip and the extra per-key selects), so they keep none.
+_PAIR_CAP = 32
+# Keys a thread holds side by side in a register row (16-byte loads of fp32): prefix sums of
+# launches writing from tiles number the lanes of a [rows, _SCAN_VECTOR * 32 * warps] view column
+# by column (_exclusive_prefix; sm_90 SASS of an 8192-lane scan at 4 warps: 2912 -> 1024
+# instructions, 320 -> 20 shuffles); 0 numbers them in lane order. H100, graph replay, pairs off:
+# prefill 4096x8192 207.6 -> 196.4 us, 4096x32768 988.4 -> 978.6 (1024-lane tiles of 8-warp
+# chunk programs are one register row: unchanged). Launches writing from registers keep lane
+# order (not measured apart from the other changes there).
+_SCAN_VECTOR = 4
 # Keys span the whole int32 range; lanes outside the data hold _KEY_MIN, which no probe counts.
 _KEY_MIN = tl.constexpr(-(2**31))
 _KEY_MAX = tl.constexpr(2**31 - 1)
@@ -159,24 +182,26 @@ def _early_keys(logits_ptr, row, stride0, stride1, available, COUNT: tl.constexp
 
 @triton.jit
 def _search_start(total, need_hi):
-    """Initial ``(lo, hi, count_hi)`` of a search over ``total`` keys (see :func:`_search`)."""
+    """Initial ``(lo, hi, count_hi, count_lo)`` of a search over ``total`` keys (see :func:`_search`)."""
     lo = total.to(tl.int64) * 0 + _KEY_MIN
     # With at most need_hi keys, all are taken (the probe below every key).
     take_all = total <= need_hi
     hi = tl.where(take_all, lo, -lo)
     count_hi = tl.where(take_all, total, 0)
-    return lo, hi, count_hi
+    return lo, hi, count_hi, total + 0
 
 
 @triton.jit
-def _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi):
-    """One bisection step: ``count`` keys are ``>= mid``; returns the new ``(lo, hi, count_hi)``."""
+def _narrow(lo, hi, count_hi, count_lo, mid, count, need_lo, need_hi):
+    """One bisection step: ``count`` keys are ``>= mid``; returns the new ``(lo, hi, count_hi, count_lo)``."""
     above = count > need_hi
-    lo = tl.where(above | (count >= need_lo), mid, lo)
+    moves_lo = above | (count >= need_lo)
+    lo = tl.where(moves_lo, mid, lo)
+    count_lo = tl.where(moves_lo, count, count_lo)
     # An acceptable count ends the search with lo == hi == mid.
     hi = tl.where(above, hi, mid)
     count_hi = tl.where(above, count_hi, count)
-    return lo, hi, count_hi
+    return lo, hi, count_hi, count_lo
 
 
 @triton.jit
@@ -201,16 +226,19 @@ def _key_of(value):
 
 
 @triton.jit
-def _probe(keys, lo, hi, count_hi, mid, use, need_lo, need_hi):
+def _probe(keys, lo, hi, count_hi, count_lo, mid, use, need_lo, need_hi):
     """One probe at ``mid`` when ``use`` and ``lo < mid < hi``; otherwise the state is kept."""
     inside = use & (mid > lo) & (mid < hi)
     count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
-    new_lo, new_hi, new_count_hi = _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi)
-    return tl.where(inside, new_lo, lo), tl.where(inside, new_hi, hi), tl.where(inside, new_count_hi, count_hi)
+    new_lo, new_hi, new_count_hi, new_count_lo = _narrow(lo, hi, count_hi, count_lo, mid, count, need_lo, need_hi)
+    return (
+        tl.where(inside, new_lo, lo), tl.where(inside, new_hi, hi), tl.where(inside, new_count_hi, count_hi),
+        tl.where(inside, new_count_lo, count_lo),
+    )  # fmt: skip
 
 
 @triton.jit
-def _guide(keys, total, need_lo, need_hi, lo, hi, count_hi):
+def _guide(keys, total, need_lo, need_hi, lo, hi, count_hi, count_lo):
     """Two probes around the threshold a normal fit of the keys' values predicts (see ``_GUIDE_WIDTH``)."""
     # Key _KEY_MIN (padding lanes; also the bits of one NaN) carries no value.
     bits = keys ^ ((keys >> 31) & 0x7FFFFFFF)
@@ -224,80 +252,185 @@ def _guide(keys, total, need_lo, need_hi, lo, hi, count_hi):
     width = _GUIDE_WIDTH * std
     # Infinite or NaN values (or a row of one value) leave the plain bisection.
     use = (width > 0) & (guess - width > -float("inf")) & (guess + width < float("inf"))
-    lo, hi, count_hi = _probe(keys, lo, hi, count_hi, _key_of(guess - width).to(tl.int64), use, need_lo, need_hi)
-    lo, hi, count_hi = _probe(keys, lo, hi, count_hi, _key_of(guess + width).to(tl.int64), use, need_lo, need_hi)
-    return lo, hi, count_hi
+    lo, hi, count_hi, count_lo = _probe(
+        keys, lo, hi, count_hi, count_lo, _key_of(guess - width).to(tl.int64), use, need_lo, need_hi
+    )
+    lo, hi, count_hi, count_lo = _probe(
+        keys, lo, hi, count_hi, count_lo, _key_of(guess + width).to(tl.int64), use, need_lo, need_hi
+    )
+    return lo, hi, count_hi, count_lo
 
 
 @triton.jit
-def _search(keys, total, need_lo, need_hi, GUIDED: tl.constexpr):
+def _bisect(keys, lo, hi, count_hi, count_lo, need_lo, need_hi, PAIR_CAP: tl.constexpr):
+    """Bisect ``(lo, hi)`` until it holds one key value, or (``PAIR_CAP > 0``) at most ``PAIR_CAP`` keys.
+
+    The state is :func:`_search`'s; returns it narrowed (``count_lo`` only with ``PAIR_CAP > 0``:
+    without pairs the loop carries one value less, as before pairs existed).
+    """
+    if PAIR_CAP > 0:
+        while (hi - lo > 1) & (count_lo - count_hi > PAIR_CAP):
+            mid = (lo + hi) >> 1
+            count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
+            lo, hi, count_hi, count_lo = _narrow(lo, hi, count_hi, count_lo, mid, count, need_lo, need_hi)
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
+            lo, hi, count_hi, _ = _narrow(lo, hi, count_hi, count_lo, mid, count, need_lo, need_hi)
+    return lo, hi, count_hi, count_lo
+
+
+@triton.jit
+def _search(keys, total, need_lo, need_hi, GUIDED: tl.constexpr, PAIR_CAP: tl.constexpr):
     """Bisect the int32 key range for a threshold taking between ``need_lo`` and ``need_hi`` keys.
 
     ``keys``: int32 tile whose lanes outside the data hold ``_KEY_MIN``; ``total``: the number
     of data keys, ``1 <= need_lo <= min(need_hi, total)``. Returns int64 ``lo``, ``hi`` and
-    int32 ``count_hi``, the number of keys ``>= hi``. Either ``lo == hi`` and the keys
-    ``>= hi`` are the answer, or ``hi == lo + 1``: fewer than ``need_lo`` keys are above ``lo``
-    and more than ``need_hi`` are ``>= lo``, so the answer is the keys above ``lo`` and
-    ``need_hi - count_hi`` of the keys equal to ``lo`` (see :func:`_rank`).
+    int32 ``count_hi``, ``count_lo``: the numbers of keys ``>= hi`` and ``>= lo``. Either
+    ``lo == hi`` and the keys ``>= hi`` are the answer, or fewer than ``need_lo`` keys are
+    ``>= hi`` and more than ``need_hi`` are ``>= lo``, and the answer is the keys ``>= hi`` and
+    the ``need_hi - count_hi`` largest keys of ``[lo, hi)``. That range holds one key value
+    (``hi == lo + 1``: any of them will do, see :func:`_rank`) or, with ``PAIR_CAP > 0``, at
+    most ``PAIR_CAP`` keys (ranked among themselves, see :func:`_resolve_pairs`).
     """
-    lo, hi, count_hi = _search_start(total, need_hi)
+    lo, hi, count_hi, count_lo = _search_start(total, need_hi)
     if GUIDED and _GUIDE_WIDTH > 0:
-        lo, hi, count_hi = _guide(keys, total, need_lo, need_hi, lo, hi, count_hi)
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        count = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0)
-        lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, count, need_lo, need_hi)
-    return lo, hi, count_hi
+        lo, hi, count_hi, count_lo = _guide(keys, total, need_lo, need_hi, lo, hi, count_hi, count_lo)
+    return _bisect(keys, lo, hi, count_hi, count_lo, need_lo, need_hi, PAIR_CAP)
 
 
 @triton.jit
-def _rank(keys, valid, lo, hi, count_hi, quota, taken_above, taken_equal):
-    """``(take, position, taken_above, taken_equal)`` for one tile of keys and a search result (see :func:`_search`).
+def _pair_limit(count_hi, count_lo, PAIR_CAP: tl.constexpr):
+    """int32 ``PAIR_CAP`` when a search result's keys in ``[lo, hi)`` are few enough to be
+    ranked among themselves (:func:`_resolve_pairs`), else 0 (then they are all equal)."""
+    return tl.where(count_lo - count_hi <= PAIR_CAP, PAIR_CAP, 0).to(tl.int32)
 
-    Keys ``>= hi`` go to position ``taken_above + (their rank among such keys in the tile)``;
-    keys in ``[lo, hi)`` (all equal) go after all ``count_hi`` of those, and only the first
-    ``quota`` of them are taken. ``taken_above``/``taken_equal`` count the keys of the row's
-    earlier tiles and are returned updated. Tiles hold fewer than 2^16 lanes.
+
+@triton.jit
+def _exclusive_prefix(flags, GROUP: tl.constexpr):
+    """int32 ``[N]``: for each lane, the sum of ``flags`` over the lanes numbered before it.
+
+    With ``0 < GROUP < N`` the lanes are numbered as ``[N // GROUP, GROUP]`` in column order
+    (lane ``r * GROUP + c`` after all of columns ``< c``): with ``GROUP`` the lanes of one
+    register row of the launch's layout, the scan along a column stays in each thread and one
+    ``GROUP``-wide scan remains, instead of a block-wide scan per register row. Any order
+    numbers the taken keys: a row's output order is free. ``GROUP == 0``: lane order.
+    """
+    N: tl.constexpr = flags.shape[0]
+    if GROUP == 0 or N <= GROUP:
+        before = tl.cumsum(flags, axis=0) - flags
+    else:
+        grid = tl.reshape(flags, [N // GROUP, GROUP])
+        totals = tl.sum(grid, axis=0)
+        columns_before = tl.cumsum(totals, axis=0) - totals
+        before = tl.reshape(tl.cumsum(grid, axis=0) - grid + columns_before[None, :], [N])
+    return before
+
+
+@triton.jit
+def _rank(
+    keys, valid, lo, hi, count_hi, quota, pair_limit, taken_above, taken_equal, GROUP: tl.constexpr,
+    PAIR_CAP: tl.constexpr,
+):  # fmt: skip
+    """``(take, pair, position, taken_above, taken_equal)`` for a tile of keys and a search result (:func:`_search`).
+
+    Keys ``>= hi`` are taken, at position ``taken_above + (their rank among such keys in the
+    tile)``. Keys in ``[lo, hi)`` are numbered ``taken_equal + (their rank among them in the
+    tile)``: with ``pair_limit > 0`` (see :func:`_pair_limit`) each is a ``pair`` with its number
+    as position (a slot of :func:`_resolve_pairs`); otherwise (all equal) the first ``quota`` are
+    taken at ``count_hi`` + their number. ``taken_above``/``taken_equal`` count the keys of the
+    row's earlier tiles and are returned updated. Tiles hold fewer than 2^16 lanes; ``GROUP``:
+    see :func:`_exclusive_prefix`. With ``PAIR_CAP == 0`` there are no pairs (``pair_limit`` is
+    0) and the per-key selects of pairs are not compiled (~3 % of the emission's instructions).
     """
     above = valid & (keys >= hi)
     equal = valid & (keys >= lo) & (keys < hi)
     # One prefix sum numbers both kinds: above in the low 16 bits, equal in the high ones.
     flags = above.to(tl.int32) + (equal.to(tl.int32) << 16)
-    before = tl.cumsum(flags, axis=0) - flags
+    before = _exclusive_prefix(flags, GROUP)
     rank_equal = taken_equal + (before >> 16)
-    take = above | (equal & (rank_equal < quota))
-    position = tl.where(above, taken_above + (before & 0xFFFF), count_hi + rank_equal)
+    if PAIR_CAP > 0:
+        pair = equal & (rank_equal < pair_limit)
+        take = above | (equal & (rank_equal < tl.where(pair_limit > 0, 0, quota)))
+        position = tl.where(above, taken_above + (before & 0xFFFF), tl.where(pair, rank_equal, count_hi + rank_equal))
+    else:
+        pair = tl.zeros_like(above)
+        take = above | (equal & (rank_equal < quota))
+        position = tl.where(above, taken_above + (before & 0xFFFF), count_hi + rank_equal)
     tile = tl.sum(flags, axis=0)
-    return take, position, taken_above + (tile & 0xFFFF), taken_equal + (tile >> 16)
+    return take, pair, position, taken_above + (tile & 0xFFFF), taken_equal + (tile >> 16)
+
+
+@triton.jit
+def _store_pairs(pairs_row, pair, position, keys, cols, PAIR_CAP: tl.constexpr):
+    """Write the ``pair`` lanes' keys and columns to their slots: keys at ``pairs_row[position]``,
+    columns at ``pairs_row[PAIR_CAP + position]`` (int32 ``[2, PAIR_CAP]`` a row)."""
+    if PAIR_CAP > 0:
+        tl.store(pairs_row + position, keys, mask=pair)
+        tl.store(pairs_row + PAIR_CAP + position, cols, mask=pair)
+
+
+@triton.jit
+def _resolve_pairs(pairs_row, count_hi, count_lo, pair_limit, quota, out_row, out_stride1, PAIR_CAP: tl.constexpr):
+    """Take the ``quota`` largest of the ``count_lo - count_hi`` keys the emission wrote to
+    ``pairs_row`` (:func:`_store_pairs`; only when ``pair_limit > 0``) at ``out`` positions
+    ``count_hi + rank``.
+
+    A key's rank is the number of keys above it plus the number of equal ones in lower slots:
+    a bijection onto ``0..count - 1``, so equal keys never share a position. ``PAIR_CAP^2``
+    comparisons, no prefix sum.
+    """
+    count = count_lo - count_hi
+    if PAIR_CAP > 0:  # noqa: SIM102 - a constexpr guard: arange(0, 0) must not be compiled
+        if (pair_limit > 0) & (count > 0):
+            # The slots were written by other threads of this program.
+            tl.debug_barrier()
+            slots = tl.arange(0, PAIR_CAP)
+            present = slots < count
+            keys = tl.load(pairs_row + slots, mask=present, other=_KEY_MIN)
+            cols = tl.load(pairs_row + PAIR_CAP + slots, mask=present)
+            mine, other = keys[:, None], keys[None, :]
+            beaten = (other > mine) | ((other == mine) & (slots[None, :] < slots[:, None]))
+            rank = tl.sum((beaten & present[None, :]).to(tl.int32), axis=1)
+            take = present & (rank < quota)
+            tl.store(out_row + (count_hi + rank).to(tl.int64) * out_stride1, cols, mask=take)
 
 
 @triton.jit
 def _emit_tiles(
-    row_ptr, start, stop, stride1, lo, hi, count_hi, quota, taken_above, taken_equal, out_cols, out_keys, out_stride,
-    TILE: tl.constexpr, WIDE: tl.constexpr, WRITE_KEYS: tl.constexpr,
+    row_ptr, start, stop, stride1, lo, hi, count_hi, quota, pair_limit, taken_above, taken_equal, out_cols, out_keys,
+    out_stride, pairs_row, TILE: tl.constexpr, WIDE: tl.constexpr, WRITE_KEYS: tl.constexpr, PAIR_CAP: tl.constexpr,
+    GROUP: tl.constexpr,
 ):  # fmt: skip
     """Write the columns in ``[start, stop)`` that a search result takes, reading them in tiles of ``TILE``.
 
-    See :func:`_rank` for ``quota`` and the running counts ``taken_above``/``taken_equal``
-    (returned updated). A column taken at position ``p`` goes to ``out_cols[p * out_stride]``,
-    with ``WRITE_KEYS`` its key to ``out_keys[p * out_stride]``.
+    See :func:`_rank` for ``quota``, ``pair_limit`` and the running counts
+    ``taken_above``/``taken_equal`` (returned updated). A column taken at position ``p`` goes to
+    ``out_cols[p * out_stride]``, with ``WRITE_KEYS`` its key to ``out_keys[p * out_stride]``;
+    pairs go to ``pairs_row`` (:func:`_store_pairs`).
     """
     for first in range(start, stop, TILE):
         cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
         valid = cols < stop
         keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
-        take, position, taken_above, taken_equal = _rank(keys, valid, lo, hi, count_hi, quota, taken_above, taken_equal)
+        take, pair, position, taken_above, taken_equal = _rank(
+            keys, valid, lo, hi, count_hi, quota, pair_limit, taken_above, taken_equal, GROUP, PAIR_CAP
+        )
         offsets = position.to(tl.int64) * out_stride
         tl.store(out_cols + offsets, cols, mask=take)
         if WRITE_KEYS:
             tl.store(out_keys + offsets, keys, mask=take)
+        _store_pairs(pairs_row, pair, position, keys, cols, PAIR_CAP)
     return taken_above, taken_equal
 
 
 @triton.jit
-def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.constexpr, WIDE: tl.constexpr):
+def _select_streaming(
+    row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.constexpr, WIDE: tl.constexpr, GROUP: tl.constexpr
+):
     """Exact top-``k`` of a row of ``n > k`` columns, read from global memory once per bisection step."""
-    lo, hi, count_hi = _search_start(n, k)
+    lo, hi, count_hi, count_lo = _search_start(n, k)
     while hi - lo > 1:
         mid = (lo + hi) >> 1
         probe = mid.to(tl.int32)
@@ -307,10 +440,10 @@ def _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE: tl.con
             cols = tl.max_contiguous(first + tl.arange(0, TILE), 1)
             keys = _load_keys(row_ptr, cols, cols < n, stride1, WIDE)
             counts += (keys >= probe).to(tl.int32)
-        lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, tl.sum(counts, axis=0), k, k)
+        lo, hi, count_hi, count_lo = _narrow(lo, hi, count_hi, count_lo, mid, tl.sum(counts, axis=0), k, k)
     _emit_tiles(
-        row_ptr, 0, n, stride1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, out_row, out_row, out_stride1, TILE,
-        WIDE, False,
+        row_ptr, 0, n, stride1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, n * 0, out_row, out_row, out_stride1,
+        out_row, TILE, WIDE, False, 0, GROUP,
     )  # fmt: skip
 
 
@@ -382,12 +515,15 @@ def _select_candidates(
     k,
     out_row,
     out_stride1,
+    pairs_row,
     CHUNK: tl.constexpr,
     CANDIDATES: tl.constexpr,
     CHUNK_SLOTS: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
     WIDE: tl.constexpr,
+    PAIR_CAP: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     """Top-``k`` of a long row from its chunks' candidates; int32 1 if written, 0 if there are too few.
 
@@ -398,6 +534,8 @@ def _select_candidates(
     ``kth``; left-out keys equal to it are ties). The chunks that left out larger keys (the top
     keys gathered in a few chunks, as in a sorted row) are searched again over all their
     columns, read from the logits once per bisection step, within ``[kth, largest left-out]``.
+    When no chunk left out a key above the search's ``lo`` (a lower bound of ``kth``), the
+    search may stop at ``PAIR_CAP`` keys in ``[lo, hi)`` (see :func:`_search`).
     """
     num_chunks = tl.cdiv(n, CHUNK)
     fits = num_chunks <= num_chunk_programs
@@ -415,47 +553,70 @@ def _select_candidates(
         valid, slot_left_out = _candidate_slots(info_row, slots, per_chunk, num_chunks)
         keys = tl.load(cand_keys_ptr + cand_row + slots, mask=valid, other=_KEY_MIN)
         # Candidates are the top of their chunks, a tail no normal fit predicts.
-        lo, hi, count_hi = _search(keys, total, k, k, False)
-        # The k-th largest candidate: lo, unless the search ended on a probe taking exactly k.
-        kth = tl.where(lo == hi, tl.min(tl.where(valid & (keys >= hi), keys, _KEY_MAX), axis=0), lo).to(tl.int32)
+        lo, hi, count_hi, count_lo = _search(keys, total, k, k, False, PAIR_CAP)
+        pair_limit = _pair_limit(count_hi, count_lo, PAIR_CAP)
         left_out = tl.max(tl.load(info_row + chunks * 2 + 1, mask=present, other=_KEY_MIN), axis=0)
-        if left_out > kth:
-            # The row's k-th largest lies in [kth, left_out]; every key above left_out is a candidate.
-            count_hi = tl.sum((valid & (keys > left_out)).to(tl.int32), axis=0)
-            lo = kth.to(tl.int64)
-            hi = left_out.to(tl.int64) + 1
-            while hi - lo > 1:
-                mid = (lo + hi) >> 1
-                count = _count_repair(
-                    row_ptr, stride1, n, mid.to(tl.int32), cand_keys_ptr + cand_row, info_row, per_chunk, num_chunks,
-                    kth, CHUNK, CANDIDATES, TILE, WIDE,
-                )  # fmt: skip
-                lo, hi, count_hi = _narrow(lo, hi, count_hi, mid, count, k, k)
+        # The k-th largest candidate is at least lo: chunks that left out no key above lo pass.
+        kth = lo.to(tl.int32)
+        if left_out > lo:
+            lo, hi, count_hi, count_lo = _bisect(keys, lo, hi, count_hi, count_lo, k, k, 0)
+            pair_limit = pair_limit * 0
+            # The k-th largest candidate: lo, unless the search ended on a probe taking exactly k.
+            kth = tl.where(lo == hi, tl.min(tl.where(valid & (keys >= hi), keys, _KEY_MAX), axis=0), lo).to(tl.int32)
+            if left_out > kth:
+                # The row's k-th largest lies in [kth, left_out]; every key above left_out is a candidate.
+                count_hi = tl.sum((valid & (keys > left_out)).to(tl.int32), axis=0)
+                lo = kth.to(tl.int64)
+                hi = left_out.to(tl.int64) + 1
+                while hi - lo > 1:
+                    mid = (lo + hi) >> 1
+                    count = _count_repair(
+                        row_ptr, stride1, n, mid.to(tl.int32), cand_keys_ptr + cand_row, info_row, per_chunk,
+                        num_chunks, kth, CHUNK, CANDIDATES, TILE, WIDE,
+                    )  # fmt: skip
+                    lo, hi, count_hi, count_lo = _narrow(lo, hi, count_hi, count_lo, mid, count, k, k)
         # Write the taken candidates of the chunks that passed, then the failing chunks' columns.
         taken_above = n * 0
         taken_equal = n * 0
         if IN_REGISTERS:
             passed = valid & (slot_left_out <= kth)
-            take, position, taken_above, taken_equal = _rank(keys, passed, lo, hi, count_hi, k - count_hi, 0, 0)
-            cols = tl.load(cand_cols_ptr + cand_row + slots, mask=take)
+            take, pair, position, taken_above, taken_equal = _rank(
+                keys, passed, lo, hi, count_hi, k - count_hi, pair_limit, 0, 0, GROUP, PAIR_CAP
+            )
+            cols = tl.load(cand_cols_ptr + cand_row + slots, mask=take | pair)
             tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+            _store_pairs(pairs_row, pair, position, keys, cols, PAIR_CAP)
         else:
             for first in range(0, CANDIDATES, TILE):
                 tile_slots = tl.max_contiguous(first + tl.arange(0, TILE), 1)
                 tile_written, tile_left_out = _candidate_slots(info_row, tile_slots, per_chunk, num_chunks)
                 tile_valid = tile_written & (tile_left_out <= kth)
                 tile_keys = tl.load(cand_keys_ptr + cand_row + tile_slots, mask=tile_valid, other=_KEY_MIN)
-                tile_take, tile_position, taken_above, taken_equal = _rank(
-                    tile_keys, tile_valid, lo, hi, count_hi, k - count_hi, taken_above, taken_equal
+                tile_take, tile_pair, tile_position, taken_above, taken_equal = _rank(
+                    tile_keys,
+                    tile_valid,
+                    lo,
+                    hi,
+                    count_hi,
+                    k - count_hi,
+                    pair_limit,
+                    taken_above,
+                    taken_equal,
+                    GROUP,
+                    PAIR_CAP,
                 )
-                cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=tile_take)
+                cols = tl.load(cand_cols_ptr + cand_row + tile_slots, mask=tile_take | tile_pair)
                 tl.store(out_row + tile_position.to(tl.int64) * out_stride1, cols, mask=tile_take)
+                _store_pairs(pairs_row, tile_pair, tile_position, tile_keys, cols, PAIR_CAP)
         for chunk in range(0, num_chunks):
             if tl.load(info_row + chunk * 2 + 1) > kth:
+                # Only after the full bisection above (pair_limit 0).
                 taken_above, taken_equal = _emit_tiles(
                     row_ptr, chunk * CHUNK, tl.minimum(n, chunk * CHUNK + CHUNK), stride1, lo, hi, count_hi,
-                    k - count_hi, taken_above, taken_equal, out_row, out_row, out_stride1, TILE, WIDE, False,
+                    k - count_hi, pair_limit, taken_above, taken_equal, out_row, out_row, out_stride1, pairs_row,
+                    TILE, WIDE, False, 0, GROUP,
                 )  # fmt: skip
+        _resolve_pairs(pairs_row, count_hi, count_lo, pair_limit, k - count_hi, out_row, out_stride1, PAIR_CAP)
     return done
 
 
@@ -466,6 +627,17 @@ def _candidate_buffers(scratch_ptr, CANDIDATES: tl.constexpr):
     is the launch's first grid dimension."""
     size = tl.num_programs(0).to(tl.int64) * CANDIDATES
     return scratch_ptr, scratch_ptr + size, scratch_ptr + 2 * size
+
+
+@triton.jit
+def _pair_buffer(
+    scratch_ptr, num_chunk_programs, HAS_CANDIDATES: tl.constexpr, CANDIDATES: tl.constexpr, PAIR_CAP: tl.constexpr
+):
+    """Row ``program_id(0)``'s int32 ``[2, PAIR_CAP]`` slots of :func:`_store_pairs`, carved from the
+    scratch after the chunk kernel's outputs (see :func:`_candidate_buffers`)."""
+    rows = tl.num_programs(0).to(tl.int64)
+    first = rows * (2 * CANDIDATES + 2 * num_chunk_programs) if HAS_CANDIDATES else rows * 0
+    return scratch_ptr + first + tl.program_id(0).to(tl.int64) * (2 * PAIR_CAP)
 
 
 @triton.jit
@@ -491,6 +663,7 @@ def _chunk_kernel(
     MIN_FILL: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
+    SCAN_GROUP: tl.constexpr,
 ):
     """Candidates of one ``CHUNK``-column chunk of a row longer than ``SHORT_ROW``.
 
@@ -519,17 +692,19 @@ def _chunk_kernel(
         # exact for more skewed rows (such as most keys -inf and the rest gathered in one chunk).
         need_lo = tl.maximum(need_lo, (per_chunk * MIN_FILL).to(tl.int32))
         need_lo = tl.minimum(tl.minimum(need_lo, per_chunk), length)
-        lo, hi, count_hi = _search(keys, length, need_lo, per_chunk, True)
+        lo, hi, count_hi, _ = _search(keys, length, need_lo, per_chunk, True, 0)
         chunk_slots = row.to(tl.int64) * CANDIDATES + chunk * per_chunk
         if IN_REGISTERS:
-            take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, per_chunk - count_hi, 0, 0)
+            take, _, position, _, _ = _rank(
+                keys, valid, lo, hi, count_hi, per_chunk - count_hi, n * 0, 0, 0, SCAN_GROUP, 0
+            )
             tl.store(cand_keys_ptr + chunk_slots + position, keys, mask=take)
             tl.store(cand_cols_ptr + chunk_slots + position, cols, mask=take)
         else:
             _emit_tiles(
                 logits_ptr + offset, chunk * CHUNK, chunk * CHUNK + length, stride1, lo, hi, count_hi,
-                per_chunk - count_hi, n * 0, n * 0, cand_cols_ptr + chunk_slots, cand_keys_ptr + chunk_slots, 1,
-                TILE, WIDE, True,
+                per_chunk - count_hi, n * 0, n * 0, n * 0, cand_cols_ptr + chunk_slots, cand_keys_ptr + chunk_slots, 1,
+                cand_keys_ptr, TILE, WIDE, True, 0, SCAN_GROUP,
             )  # fmt: skip
         accepted = lo == hi
         info = chunk_info_ptr + (row.to(tl.int64) * tl.num_programs(1) + chunk) * 2
@@ -567,9 +742,12 @@ def _finish_kernel(
     HAS_CANDIDATES: tl.constexpr,
     IN_REGISTERS: tl.constexpr,
     TILE: tl.constexpr,
+    PAIR_CAP: tl.constexpr,
+    SCAN_GROUP: tl.constexpr,
 ):
     """Writes ``out[r, :k]`` (int32, strides ``out_stride0/1``) for row ``r = program_id(0)``."""
     row = tl.program_id(0)
+    pairs_row = _pair_buffer(scratch_ptr, num_chunk_programs, HAS_CANDIDATES, CANDIDATES, PAIR_CAP)
     if EARLY:
         early = _early_keys(logits_ptr, row, stride0, stride1, available, SHORT_ROW, WIDE)
     offset, n = _row_span(
@@ -588,25 +766,31 @@ def _finish_kernel(
             keys = tl.where(valid, early, _KEY_MIN)
         else:
             keys = _load_keys(row_ptr, cols, valid, stride1, WIDE)
-        lo, hi, count_hi = _search(keys, n, k, k, True)
+        lo, hi, count_hi, count_lo = _search(keys, n, k, k, True, PAIR_CAP)
+        pair_limit = _pair_limit(count_hi, count_lo, PAIR_CAP)
         if IN_REGISTERS:
-            take, position, _, _ = _rank(keys, valid, lo, hi, count_hi, k - count_hi, 0, 0)
+            take, pair, position, _, _ = _rank(
+                keys, valid, lo, hi, count_hi, k - count_hi, pair_limit, 0, 0, SCAN_GROUP, PAIR_CAP
+            )
             tl.store(out_row + position.to(tl.int64) * out_stride1, cols, mask=take)
+            _store_pairs(pairs_row, pair, position, keys, cols, PAIR_CAP)
         else:
             _emit_tiles(
-                row_ptr, 0, n, stride1, lo, hi, count_hi, k - count_hi, n * 0, n * 0, out_row, out_row,
-                out_stride1, TILE, WIDE, False,
+                row_ptr, 0, n, stride1, lo, hi, count_hi, k - count_hi, pair_limit, n * 0, n * 0, out_row, out_row,
+                out_stride1, pairs_row, TILE, WIDE, False, PAIR_CAP, SCAN_GROUP,
             )  # fmt: skip
+        _resolve_pairs(pairs_row, count_hi, count_lo, pair_limit, k - count_hi, out_row, out_stride1, PAIR_CAP)
     else:
         done = (n < 0).to(tl.int32)
         if HAS_CANDIDATES:
             cand_keys_ptr, cand_cols_ptr, chunk_info_ptr = _candidate_buffers(scratch_ptr, CANDIDATES)
             done = _select_candidates(
                 row_ptr, stride1, cand_keys_ptr, cand_cols_ptr, chunk_info_ptr, num_chunk_programs, row, n, k,
-                out_row, out_stride1, CHUNK, CANDIDATES, CHUNK_SLOTS, IN_REGISTERS, TILE, WIDE,
+                out_row, out_stride1, pairs_row, CHUNK, CANDIDATES, CHUNK_SLOTS, IN_REGISTERS, TILE, WIDE, PAIR_CAP,
+                SCAN_GROUP,
             )  # fmt: skip
         if done == 0:
-            _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE, WIDE)
+            _select_streaming(row_ptr, n, stride1, k, out_row, out_stride1, TILE, WIDE, SCAN_GROUP)
 
 
 _chunk_launcher = Launcher(_chunk_kernel)
@@ -616,6 +800,12 @@ _finish_launcher = Launcher(_finish_kernel)
 def _in_registers(programs: int, device: torch.device) -> bool:
     """Whether a launch of ``programs`` programs writes its results from registers (``_REGISTER_PROGRAMS_PER_SM``)."""
     return programs <= _REGISTER_PROGRAMS_PER_SM * sm_count(device)
+
+
+def _scan_group(num_warps: int, in_registers: bool) -> int:
+    """``SCAN_GROUP`` of a launch of ``num_warps`` warps: the lanes of one register row (see
+    :func:`_exclusive_prefix`); 0 for launches writing from registers or when ``_SCAN_VECTOR`` is 0."""
+    return 0 if in_registers else _SCAN_VECTOR * 32 * num_warps
 
 
 class _Plan(NamedTuple):
@@ -645,19 +835,23 @@ def _plan(
     chunk_params = None
     if chunk_programs:
         chunk_in_registers = _in_registers(num_rows * chunk_programs, device)
+        chunk_warps = _LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS
         chunk_params = dict(
             **flags, SLACK_SIGMAS=_SLACK_SIGMAS, SLACK_MIN=_SLACK_MIN, MIN_FILL=_MIN_FILL,
-            IN_REGISTERS=chunk_in_registers, TILE=_TILE,
-            num_warps=_LATENCY_CHUNK_WARPS if chunk_in_registers else _CHUNK_WARPS,
+            IN_REGISTERS=chunk_in_registers, TILE=_TILE, SCAN_GROUP=_scan_group(chunk_warps, chunk_in_registers),
+            num_warps=chunk_warps,
         )  # fmt: skip
     finish_in_registers = _in_registers(num_rows, device)
+    finish_warps = _FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS
+    pair_cap = 0 if finish_in_registers else _PAIR_CAP
     finish_params = dict(
         **flags, EARLY=decode and _EARLY_DECODE_LOADS, CHUNK_SLOTS=next_power_of_2(max(chunk_programs, 1)),
-        HAS_CANDIDATES=chunk_programs > 0, IN_REGISTERS=finish_in_registers, TILE=_TILE,
-        num_warps=_FINISH_WARPS if finish_in_registers else _THROUGHPUT_FINISH_WARPS,
+        HAS_CANDIDATES=chunk_programs > 0, IN_REGISTERS=finish_in_registers, TILE=_TILE, PAIR_CAP=pair_cap,
+        SCAN_GROUP=_scan_group(finish_warps, finish_in_registers), num_warps=finish_warps,
     )  # fmt: skip
-    # Candidate keys and columns, then the chunk info (see _candidate_buffers).
+    # Candidate keys and columns, then the chunk info (see _candidate_buffers), then the pairs.
     scratch = num_rows * (2 * _CANDIDATES + 2 * chunk_programs) if chunk_programs else 0
+    scratch += num_rows * 2 * pair_cap
 
     def key(params: dict[str, object] | None) -> tuple | None:
         return None if interpreted or params is None else tuple(params.items())
@@ -690,14 +884,13 @@ def _launch(
     plan = _plan(num_rows, logits.shape[1], available >= 2**31, decode, per_row_lens, device, triton_interpreted())
     rows = (logits, starts, ends, lens)
     bounds = (starts.stride(0), next_n, stride0, stride1, k)
+    # The finish kernel's scratch is never touched without chunk programs or pairs.
+    scratch = torch.empty(plan.scratch_elements, dtype=torch.int32, device=device) if plan.scratch_elements else out
     if plan.chunk_programs:
-        scratch = torch.empty(plan.scratch_elements, dtype=torch.int32, device=device)
         _chunk_launcher.launch(
             None if plan.chunk_key is None else (bounds, plan.chunk_key), (num_rows, plan.chunk_programs),
             (*rows, scratch), bounds, lambda: plan.chunk_params, device,
         )  # fmt: skip
-    else:
-        scratch = out  # never read (HAS_CANDIDATES is off)
     scalars = (*bounds, available, out.stride(0), out.stride(1), plan.chunk_programs)
     _finish_launcher.launch(
         None if plan.finish_key is None else (scalars, plan.finish_key), (num_rows,), (*rows, out, scratch),
