@@ -258,3 +258,17 @@ def test_cuda_graph_capture_and_replay(device):
     torch.testing.assert_close(output, want, rtol=TOL[torch.bfloat16], atol=TOL[torch.bfloat16])
     torch.testing.assert_close(output_lse, want_lse, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fp8_output.double(), want_fp8.double(), rtol=2**-3, atol=2**-9)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_new_token_counts_reuse_the_compiled_kernel(device, monkeypatch):
+    # The lse head stride is the token count: a new count must hit the same launch (no pass
+    # through Triton's JIT), with a result as exact as the first count's.
+    from attnops.merge import triton as kernels
+
+    monkeypatch.setattr(kernels._launcher, "compiled", {})
+    for num_tokens in (512, 513, 1000, 16 * 77):
+        inputs = make_inputs(num_tokens, 32, 128, torch.bfloat16, device, seed=num_tokens)
+        assert_backends_agree(inputs, torch.bfloat16)
+    assert len(kernels._launcher.compiled) == 1

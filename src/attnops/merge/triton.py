@@ -60,7 +60,10 @@ def _quantize_e4m3(x, BIAS: tl.constexpr):
     return (code | sign).to(tl.uint8)
 
 
-@triton.jit(do_not_specialize=["num_with_context"])
+# An lse's head stride is the token count of a contiguous [num_heads, num_tokens] lse: not
+# specialised on, so that each new token count reuses the compiled kernel instead of passing
+# through Triton's JIT (tens of microseconds of host time) and keying a new launch.
+@triton.jit(do_not_specialize=["num_with_context", "prefix_lse_stride_h", "suffix_lse_stride_h", "out_lse_stride_h"])
 def _merge_kernel(
     out_ptr,
     prefix_ptr,
@@ -197,8 +200,11 @@ def merge_attn_states(
     head_blocks = cdiv(num_heads, block_h)
     key = None
     if not triton_interpreted():
-        # num_with_context is not specialised on, so it stays out of the key.
-        key = (head_size, block_h, block_d, fp8_max, fp8_bias, num_heads, strides)
+        # Arguments not specialised on stay out of the key, but for their integer width.
+        lse_heads = strides[6::2]
+        fixed = strides[:6] + strides[7::2]
+        wide = max(lse_heads) >= 2**31
+        key = (head_size, block_h, block_d, fp8_max, fp8_bias, num_heads, fixed, wide)
 
     def constexprs() -> dict[str, object]:
         return dict(
