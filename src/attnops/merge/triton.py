@@ -19,6 +19,7 @@ import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
 from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
+from attnops._common.fp8_bits import e4m3_bits
 from attnops.merge.api import _dispatcher
 
 # Bytes of one program's tile per input (2048 16-bit or 1024 fp32 elements) and its warps:
@@ -32,37 +33,6 @@ _NUM_WARPS = 4
 _FP8_FORMATS = {torch.float8_e4m3fn: (448.0, 7), torch.float8_e4m3fnuz: (240.0, 8)}
 
 
-@triton.jit
-def _quantize_e4m3(x, BIAS: tl.constexpr):
-    """fp32 ``x`` (already clamped to the format's range) as e4m3 bytes, round-to-nearest-even.
-
-    ``BIAS`` 7 is e4m3fn, 8 is e4m3fnuz (no negative zero). The bits are
-    assembled by hand: NVIDIA GPUs have no e4m3fnuz conversion, and the
-    interpreter's fp8 casts do not round to nearest-even as the GPU and PyTorch do.
-    """
-    a = tl.abs(x)
-    bits = a.to(tl.uint32, bitcast=True)
-    # Normal range: round the fp32 mantissa to 3 bits (ties to even), then
-    # move the exponent from bias 127 to BIAS; a carry bumps the exponent.
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - ((127 - BIAS) << 3)
-    # Subnormals are multiples of 2^(-2 - BIAS): adding 2^23 rounds the multiple
-    # to an integer (ties to even) in fp32 arithmetic; code 8 is the smallest normal.
-    if BIAS == 8:
-        subnormal_unit_inv, min_normal = 1024.0, 0.0078125
-    else:
-        subnormal_unit_inv, min_normal = 512.0, 0.015625
-    subnormal = ((a * subnormal_unit_inv + 8388608.0) - 8388608.0).to(tl.uint32)
-    code = tl.where(a < min_normal, subnormal, normal)
-    sign = (x.to(tl.uint32, bitcast=True) >> 31) << 7
-    if BIAS == 8:
-        # 0x80 is NaN in e4m3fnuz, so a zero keeps a positive sign.
-        sign = tl.where(code == 0, 0, sign)
-    return (code | sign).to(tl.uint8)
-
-
-# An lse's head stride is the token count of a contiguous [num_heads, num_tokens] lse: not
-# specialised on, so that each new token count reuses the compiled kernel instead of passing
-# through Triton's JIT (tens of microseconds of host time) and keying a new launch.
 @triton.jit(do_not_specialize=["num_with_context", "prefix_lse_stride_h", "suffix_lse_stride_h", "out_lse_stride_h"])
 def _merge_kernel(
     out_ptr,
@@ -145,7 +115,7 @@ def _merge_kernel(
         # vLLM multiplies by the fp32 reciprocal of the scale and saturates.
         merged = merged * (1.0 / tl.load(scale_ptr))
         merged = tl.minimum(tl.maximum(merged, -FP8_MAX), FP8_MAX)
-        tl.store(out_ptrs, _quantize_e4m3(merged, FP8_BIAS), mask=mask)
+        tl.store(out_ptrs, e4m3_bits(merged, FP8_BIAS), mask=mask)
     else:
         tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=mask)
     if HAS_OUT_LSE:

@@ -1,0 +1,141 @@
+"""Triton ``reshape_and_cache``: new tokens' keys and values scattered into vLLM's paged cache.
+
+One-dimensional grid of ``num_tokens * HEAD_BLOCKS`` programs: program ``i`` takes heads
+``BLOCK_H * (i % HEAD_BLOCKS)`` onwards of token ``i // HEAD_BLOCKS``. It loads the token's slot
+(a negative slot marks a padding token: the program returns) and writes its ``[BLOCK_H, HEAD_PAD]``
+key tile into the slot's ``X``-element pieces of the key cache and its value tile into the slot's
+column of the value cache (``BLOCK_SIZE`` elements apart: vLLM's layout). fp8 caches receive the
+values divided by the scale, saturated and rounded to nearest even, bit-exact with the reference
+(:mod:`attnops._common.fp8_bits`). Grid from shapes only: no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from attnops._common.backend import triton_interpreted
+from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
+from attnops._common.fp8_bits import saturated_fp8_bits
+from attnops.cache.api import _dispatcher
+
+# Bytes of one program's key (or value) tile, and its warps: as merge_attn_states's tiles.
+_TILE_BYTES = 8192
+_NUM_WARPS = 4
+# fp8 cache formats, as the kernel's FP8 constexpr (attnops._common.fp8_bits' formats).
+_FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
+
+
+@triton.jit
+def _stored(x, scale_ptr, FP8: tl.constexpr):
+    """Values as the cache stores them: themselves, or fp8 bytes of ``x / scale`` (as the reference divides)."""
+    if FP8 == 0:
+        return x
+    else:
+        return saturated_fp8_bits(x.to(tl.float32) / tl.load(scale_ptr), FP8)
+
+
+@triton.jit
+def _cache_kernel(
+    key,  # [num_tokens, num_kv_heads, HEAD_SIZE], any strides
+    value,  # [num_tokens, num_kv_heads, HEAD_SIZE], any strides
+    key_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE // X, BLOCK_SIZE, X], dims 2.. contiguous
+    value_cache,  # [num_blocks, num_kv_heads, HEAD_SIZE, BLOCK_SIZE], dims 2.. contiguous
+    slot_mapping,  # int64 or int32 [num_tokens]
+    k_scale,  # fp32 [1] (read only for fp8)
+    v_scale,  # fp32 [1] (read only for fp8)
+    num_kv_heads,
+    key_stride_t,
+    key_stride_h,
+    key_stride_d,
+    value_stride_t,
+    value_stride_h,
+    value_stride_d,
+    k_stride_block,
+    k_stride_head,
+    v_stride_block,
+    v_stride_head,
+    HEAD_SIZE: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    HEAD_BLOCKS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    X: tl.constexpr,
+    FP8: tl.constexpr,
+):
+    program = tl.program_id(0)
+    token = (program // HEAD_BLOCKS).to(tl.int64)
+    slot = tl.load(slot_mapping + token).to(tl.int64)
+    if slot < 0:
+        return
+    block = slot // BLOCK_SIZE
+    offset = slot % BLOCK_SIZE
+    heads = (program % HEAD_BLOCKS) * BLOCK_H + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, HEAD_PAD)
+    mask = (heads < num_kv_heads)[:, None] & (d < HEAD_SIZE)[None, :]
+    k = tl.load(key + token * key_stride_t + heads[:, None] * key_stride_h + d[None, :] * key_stride_d, mask=mask)
+    v = tl.load(
+        value + token * value_stride_t + heads[:, None] * value_stride_h + d[None, :] * value_stride_d, mask=mask
+    )
+    # Head element d of a key slot: piece d // X of the slot's X contiguous elements.
+    k_dst = key_cache + block * k_stride_block + heads[:, None] * k_stride_head
+    k_dst += ((d // X) * (BLOCK_SIZE * X) + offset * X + d % X)[None, :]
+    v_dst = value_cache + block * v_stride_block + heads[:, None] * v_stride_head + (d * BLOCK_SIZE + offset)[None, :]
+    tl.store(k_dst, _stored(k, k_scale, FP8), mask=mask)
+    tl.store(v_dst, _stored(v, v_scale, FP8), mask=mask)
+
+
+_launcher = Launcher(_cache_kernel)
+
+
+@functools.cache
+def _launch_config(num_kv_heads: int, head_size: int, element_size: int) -> tuple[int, int]:
+    """``(BLOCK_H, HEAD_PAD)`` for one token's heads: a tile of about ``_TILE_BYTES`` per input."""
+    head_pad = next_power_of_2(head_size)
+    heads_per_tile = max(1, _TILE_BYTES // (head_pad * element_size))
+    return min(next_power_of_2(num_kv_heads), heads_per_tile), head_pad
+
+
+@_dispatcher.register("triton")
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+) -> None:
+    """Triton version of :func:`attnops.cache.reference.reshape_and_cache` (inputs are validated).
+
+    Shapes: ``key``/``value`` ``[num_tokens, num_kv_heads, head_size]`` (any strides), caches in
+    vLLM's layout (``key_cache`` ``[num_blocks, num_kv_heads, head_size // x, block_size, x]``,
+    ``value_cache`` ``[num_blocks, num_kv_heads, head_size, block_size]``), ``slot_mapping``
+    int64/int32 ``[num_tokens]``.
+    """
+    num_tokens, num_kv_heads, head_size = key.shape
+    if num_tokens == 0:
+        return
+    block_h, head_pad = _launch_config(num_kv_heads, head_size, key.element_size())
+    head_blocks = cdiv(num_kv_heads, block_h)
+    fp8 = _FP8_KINDS[kv_cache_dtype]
+    block_size, x = key_cache.shape[3], key_cache.shape[4]
+    strides = (
+        *key.stride(), *value.stride(), *key_cache.stride()[:2], *value_cache.stride()[:2],
+    )  # fmt: skip
+    pointers = (key, value, key_cache, value_cache, slot_mapping, k_scale if fp8 else None, v_scale if fp8 else None)
+    # The token count is the grid alone: a new count reuses the launch.
+    launch_key = None if triton_interpreted() else (head_size, block_h, block_size, x, fp8, num_kv_heads, strides)
+
+    def constexprs() -> dict[str, object]:
+        return dict(
+            HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h, HEAD_BLOCKS=head_blocks, BLOCK_SIZE=block_size,
+            X=x, FP8=fp8, num_warps=_NUM_WARPS,
+        )  # fmt: skip
+
+    grid = (num_tokens * head_blocks,)
+    _launcher.launch(launch_key, grid, pointers, (num_kv_heads, *strides), constexprs, key.device)
