@@ -234,12 +234,40 @@ def _decode_case(shape: S.DecodeShape, device: torch.device, seed: int) -> Bench
     return BenchCase(kernels, "gather + SDPA", baseline)
 
 
+def _cache_case(shape: S.CacheShape, device: torch.device, seed: int) -> BenchCase:
+    from attnops.cache import reshape_and_cache
+    from attnops.cache.reference import reshape_and_cache as reference
+
+    gen = _generator(device, seed)
+    dtype = getattr(torch, shape.dtype)
+    storage = dtype if shape.kv_cache_dtype == "auto" else torch.uint8
+    x = 16 // storage.itemsize
+    # Room for twice the tokens; each token goes to a distinct random slot.
+    num_blocks = -(-2 * shape.num_tokens // shape.block_size)
+    key_cache = torch.zeros(
+        (num_blocks, shape.num_kv_heads, shape.head_size // x, shape.block_size, x), dtype=storage, device=device
+    )
+    value_shape = (num_blocks, shape.num_kv_heads, shape.head_size, shape.block_size)
+    value_cache = torch.zeros(value_shape, dtype=storage, device=device)
+    new = (shape.num_tokens, shape.num_kv_heads, shape.head_size)
+    key, value = _randn(new, dtype, device, gen), _randn(new, dtype, device, gen)
+    slots = torch.randperm(num_blocks * shape.block_size, device=device, generator=gen)[: shape.num_tokens]
+    scales = (torch.ones(1, device=device), torch.ones(1, device=device))
+    args = (key, value, key_cache, value_cache, slots, shape.kv_cache_dtype, *scales)
+
+    def make(backend: str) -> Call:
+        return lambda: reshape_and_cache(*args, backend=backend)
+
+    return BenchCase((Kernel("cache", "reshape_and_cache", make),), "index_put", lambda: reference(*args))
+
+
 _BUILDERS: dict[str, Callable[[Any, torch.device, int], BenchCase]] = {
     "paged_attention": _decode_case,
     "merge": _merge_case,
     "topk": _topk_case,
     "vertical_slash": _vertical_slash_case,
     "sparse_prefill": _sparse_prefill_case,
+    "cache": _cache_case,
 }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-OPS = ("paged_attention", "merge", "topk", "vertical_slash", "sparse_prefill")
+OPS = ("paged_attention", "merge", "topk", "vertical_slash", "sparse_prefill", "cache")
 
 _INT32 = 4
 _FP32 = 4
@@ -162,7 +162,30 @@ class SparsePrefillShape:
         return 4 * self.batch * self.num_heads * self.context * self.head_size * _element_size(self.dtype)
 
 
-Shape = DecodeShape | MergeShape | TopKShape | VerticalSlashShape | SparsePrefillShape
+@dataclass(frozen=True)
+class CacheShape:
+    """``reshape_and_cache`` of ``num_tokens`` new tokens (a decode step's batch or a prefill chunk)
+    into slots scattered over a paged cache."""
+
+    num_tokens: int
+    num_kv_heads: int = 8
+    head_size: int = 128
+    block_size: int = 16
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str = "auto"
+
+    @property
+    def label(self) -> str:
+        return f"tokens={self.num_tokens} {self.kv_cache_dtype}"
+
+    def bytes_moved(self) -> int:
+        """Keys, values and slots read; keys and values written in the cache's element size."""
+        elements = 2 * self.num_tokens * self.num_kv_heads * self.head_size
+        stored = 1 if self.kv_cache_dtype != "auto" else _element_size(self.dtype)
+        return elements * (_element_size(self.dtype) + stored) + self.num_tokens * 8
+
+
+Shape = DecodeShape | MergeShape | TopKShape | VerticalSlashShape | SparsePrefillShape | CacheShape
 
 _FULL: dict[str, tuple[Shape, ...]] = {
     "paged_attention": tuple(DecodeShape(n, c) for n, c in itertools.product((1, 8, 32, 128), (1024, 4096, 16384))),
@@ -173,6 +196,7 @@ _FULL: dict[str, tuple[Shape, ...]] = {
     ),
     "vertical_slash": tuple(VerticalSlashShape(c) for c in (32768, 131072)),
     "sparse_prefill": tuple(SparsePrefillShape(c) for c in (8192, 32768, 131072)),
+    "cache": (*(CacheShape(t) for t in (256, 4096, 32768)), CacheShape(4096, kv_cache_dtype="fp8_e4m3")),
 }
 
 _QUICK: dict[str, tuple[Shape, ...]] = {
@@ -184,6 +208,7 @@ _QUICK: dict[str, tuple[Shape, ...]] = {
     ),
     "vertical_slash": tuple(VerticalSlashShape(c) for c in (8192, 32768)),
     "sparse_prefill": (SparsePrefillShape(2048, num_heads=8, nnz_vertical=256, nnz_slash=512),),
+    "cache": (CacheShape(256), CacheShape(256, kv_cache_dtype="fp8_e4m3")),
 }
 
 
