@@ -97,7 +97,8 @@ def test_padding_tokens_and_zero_tokens_write_nothing(device):
         pair = caches(3, 2, 64, 16, torch.float32, "auto", device)
         if slots is None:
             key, slots = key[:0], torch.empty(0, dtype=torch.int64, device=device)
-        cache.reshape_and_cache(key, key, *pair, slots, "auto", torch.ones(1), torch.ones(1), backend="triton")
+        scale = torch.ones(1, device=device)
+        cache.reshape_and_cache(key, key, *pair, slots, "auto", scale, scale, backend="triton")
         assert all(t.isnan().all() for t in pair)
 
 

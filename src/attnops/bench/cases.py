@@ -242,8 +242,10 @@ def _cache_case(shape: S.CacheShape, device: torch.device, seed: int) -> BenchCa
     dtype = getattr(torch, shape.dtype)
     storage = dtype if shape.kv_cache_dtype == "auto" else torch.uint8
     x = 16 // storage.itemsize
-    # Room for twice the tokens; each token goes to a distinct random slot.
-    num_blocks = -(-2 * shape.num_tokens // shape.block_size)
+    # Slots as an engine hands them out: consecutive within blocks taken in random order (a
+    # prefill chunk), one token per block for a decode step's batch (up to 256 tokens).
+    decode = shape.num_tokens <= 256
+    num_blocks = shape.num_tokens if decode else -(-shape.num_tokens // shape.block_size)
     key_cache = torch.zeros(
         (num_blocks, shape.num_kv_heads, shape.head_size // x, shape.block_size, x), dtype=storage, device=device
     )
@@ -251,7 +253,13 @@ def _cache_case(shape: S.CacheShape, device: torch.device, seed: int) -> BenchCa
     value_cache = torch.zeros(value_shape, dtype=storage, device=device)
     new = (shape.num_tokens, shape.num_kv_heads, shape.head_size)
     key, value = _randn(new, dtype, device, gen), _randn(new, dtype, device, gen)
-    slots = torch.randperm(num_blocks * shape.block_size, device=device, generator=gen)[: shape.num_tokens]
+    blocks = torch.randperm(num_blocks, device=device, generator=gen)
+    if decode:
+        offsets = torch.randint(shape.block_size, (shape.num_tokens,), device=device, generator=gen)
+        slots = blocks * shape.block_size + offsets
+    else:
+        tokens = torch.arange(shape.num_tokens, device=device)
+        slots = blocks[tokens // shape.block_size] * shape.block_size + tokens % shape.block_size
     scales = (torch.ones(1, device=device), torch.ones(1, device=device))
     args = (key, value, key_cache, value_cache, slots, shape.kv_cache_dtype, *scales)
 
