@@ -10,9 +10,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Formats of saturated_fp8_bits: vLLM's "fp8"/"fp8_e4m3" cache (e4m3fn) and "fp8_e5m2".
-E4M3FN = tl.constexpr(1)
-E5M2 = tl.constexpr(2)
+# A kv_cache_dtype as the kernels' FP8 constexpr: 0 for "auto", else the format of
+# saturated_fp8_bits (vLLM's "fp8"/"fp8_e4m3" caches hold e4m3fn, "fp8_e5m2" e5m2).
+FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def e5m2_bits(x):
 
 @triton.jit
 def saturated_fp8_bits(x, FORMAT: tl.constexpr):
-    """fp32 ``x`` clamped to the format's finite range and encoded (``E4M3FN`` or ``E5M2``), as
+    """fp32 ``x`` clamped to the format's finite range and encoded (``FORMAT`` 1: e4m3fn, 2: e5m2), as
     PyTorch's ``x.clamp(-max, max).to(fp8)``: infinities saturate, NaN stays NaN (0x7F, sign kept)."""
     if FORMAT == 1:
         code = e4m3_bits(tl.minimum(tl.maximum(x, -448.0), 448.0), 7)

@@ -19,14 +19,12 @@ import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
 from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
-from attnops._common.fp8_bits import saturated_fp8_bits
+from attnops._common.fp8_bits import FP8_KINDS, saturated_fp8_bits
 from attnops.cache.api import _dispatcher
 
 # Bytes of one program's key (or value) tile, and its warps: as merge_attn_states's tiles.
 _TILE_BYTES = 8192
 _NUM_WARPS = 4
-# fp8 cache formats, as the kernel's FP8 constexpr (attnops._common.fp8_bits' formats).
-_FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 
 
 @triton.jit
@@ -122,7 +120,7 @@ def reshape_and_cache(
         return
     block_h, head_pad = _launch_config(num_kv_heads, head_size, key.element_size())
     head_blocks = cdiv(num_kv_heads, block_h)
-    fp8 = _FP8_KINDS[kv_cache_dtype]
+    fp8 = FP8_KINDS[kv_cache_dtype]
     block_size, x = key_cache.shape[3], key_cache.shape[4]
     strides = (
         *key.stride(), *value.stride(), *key_cache.stride()[:2], *value_cache.stride()[:2],

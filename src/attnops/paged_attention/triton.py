@@ -35,11 +35,10 @@ import triton.language as tl
 
 from attnops._common.backend import sm_count, triton_interpreted
 from attnops._common.fastpath import MAX_ENTRIES, Launcher, cdiv, next_power_of_2
+from attnops._common.fp8_bits import FP8_KINDS
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
 
-# fp8 cache formats, as the kernel's FP8 constexpr.
-_FP8_KINDS = {"auto": 0, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 2}
 # Launch parameters of the partition kernel (bench/tuning/paged_decode_sweep.py, H200, bf16,
 # head 128): with line-wide K loads, one warp and a two-stage pipeline (many small resident
 # programs) beat 4 warps / 2 stages by 10-30 % on every swept shape (128x4096: 91.6 % of copy
@@ -732,7 +731,7 @@ def _partition_step(
         many,
     )  # fmt: skip
     constexprs = dict(
-        BLOCK_SIZE=layout.block_size, X=layout.x, FP8=_FP8_KINDS[layout.kv_cache_dtype], HAS_ALIBI=layout.has_alibi,
+        BLOCK_SIZE=layout.block_size, X=layout.x, FP8=FP8_KINDS[layout.kv_cache_dtype], HAS_ALIBI=layout.has_alibi,
         SPARSE=layout.sparse is not None, WRITE_TMP=write_tmp, DIRECT=direct, WRITE_LSE=write_lse, **config,
     )  # fmt: skip
     grid = (layout.num_kv_heads, layout.num_seqs, num_splits)
@@ -798,7 +797,7 @@ def _resident_programs(layout: _Layout) -> int:
             layout.dtype, layout.cache_dtype, layout.cache_dtype, torch.int32, torch.int32,
             fp32 if layout.has_alibi else None, fp32, fp32,
         )  # fmt: skip
-        fp8 = _FP8_KINDS[layout.kv_cache_dtype] != 0
+        fp8 = FP8_KINDS[layout.kv_cache_dtype] != 0
         pointers = _partition_pointers(dtypes, fp8, (fp32,) * 3, None, None, None)
         _residents[key] = _partition_launcher.resident((*pointers, 1.0, *step.scalars), step.constexprs, layout.device)
     return _residents[key]
@@ -887,7 +886,7 @@ def _attention(
     layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
     plan = _v1_plan(layout, split, lse is not None)
     tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
-    fp8 = _FP8_KINDS[kv_cache_dtype] != 0
+    fp8 = FP8_KINDS[kv_cache_dtype] != 0
     if plan.reduce is None:
         _launch(plan, scale, _partition_pointers(tensors, fp8, None, None, out, lse), None, layout.device)
         return
@@ -955,7 +954,7 @@ def paged_attention_v2(
     plan = _v2_plan(layout, split, exp_sums.shape[2])
     stats = (_scratch(layout, plan.num_splits),) * 3
     tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
-    fp8 = _FP8_KINDS[kv_cache_dtype] != 0
+    fp8 = FP8_KINDS[kv_cache_dtype] != 0
     if plan.split == PARTITION_SIZE:
         # Whole partitions: the partition kernel writes their statistics and tmp_out.
         stats = (max_logits, exp_sums, stats[2])
