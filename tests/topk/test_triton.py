@@ -458,3 +458,21 @@ def test_plan_keys_hold_every_constexpr():
     short = kernels._plan(4, 100, False, True, False, device, False)
     assert short.chunk_programs == 0 and short.chunk_params is None
     assert short.scratch_elements == 4 * 2 * kernels._PAIR_CAP
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_new_batch_sizes_reuse_the_compiled_kernel(device, monkeypatch):
+    # The logits' storage size (a scalar of the finish kernel) changes with every batch size: a new
+    # size must hit the same launch (no pass through Triton's JIT), with exact results.
+    from attnops.topk import triton as kernels
+
+    monkeypatch.setattr(kernels._finish_launcher, "compiled", {})
+    k, length = 2048, 8192
+    for num_rows in (3, 5, 17):
+        logits = torch.randn(num_rows, length, device=device)
+        lens = torch.full((num_rows,), length, dtype=torch.int32, device=device)
+        out = torch.full((num_rows, k), SENTINEL, dtype=torch.int32, device=device)
+        topk.top_k_per_row_decode(logits, 1, lens, out, num_rows, length, 1, k, backend="triton")
+        check_large(out, logits, [0] * num_rows, [length] * num_rows, k)
+    assert len(kernels._finish_launcher.compiled) == 1

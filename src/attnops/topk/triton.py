@@ -714,7 +714,9 @@ def _chunk_kernel(
         tl.store(info + 1, left_out.to(tl.int32))
 
 
-@triton.jit
+# The logits storage's size changes with every batch of rows: not specialised on, so that a new
+# batch size reuses the compiled kernel (its integer width is the plan's WIDE).
+@triton.jit(do_not_specialize=["available"])
 def _finish_kernel(
     logits_ptr,
     starts_ptr,
@@ -875,7 +877,8 @@ def _launch(
 ) -> None:
     """Run the kernels for ``num_rows`` rows; the row-bound tensors are 1-D int32 with one common stride.
 
-    A launch is keyed (see :class:`Launcher`) by its scalars and its plan's constexprs.
+    A launch is keyed (see :class:`Launcher`) by its scalars, but the logits' storage size, and
+    its plan's constexprs.
     """
     if num_rows == 0:
         return
@@ -891,10 +894,10 @@ def _launch(
             None if plan.chunk_key is None else (bounds, plan.chunk_key), (num_rows, plan.chunk_programs),
             (*rows, scratch), bounds, lambda: plan.chunk_params, device,
         )  # fmt: skip
-    scalars = (*bounds, available, out.stride(0), out.stride(1), plan.chunk_programs)
+    tail = (out.stride(0), out.stride(1), plan.chunk_programs)
     _finish_launcher.launch(
-        None if plan.finish_key is None else (scalars, plan.finish_key), (num_rows,), (*rows, out, scratch),
-        scalars, lambda: plan.finish_params, device,
+        None if plan.finish_key is None else (bounds, tail, plan.finish_key), (num_rows,), (*rows, out, scratch),
+        (*bounds, available, *tail), lambda: plan.finish_params, device,
     )  # fmt: skip
 
 
