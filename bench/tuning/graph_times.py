@@ -23,7 +23,6 @@ def graph_us(fn) -> float:
 
 def _set_merge(tile: int, warps: int) -> None:
     merge_kernels._TILE_BYTES, merge_kernels._NUM_WARPS = tile, warps
-    merge_kernels._launch_config.cache_clear()
     merge_kernels._launcher.compiled.clear()
 
 

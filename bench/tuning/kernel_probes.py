@@ -160,12 +160,10 @@ def merge_sweep() -> None:
         call, nbytes = merge_call(tokens)
         for tile, warps in ((8192, 4), (8192, 8), (8192, 2), (4096, 4), (4096, 2), (2048, 2), (2048, 1)):
             kernels._TILE_BYTES, kernels._NUM_WARPS = tile, warps
-            kernels._launch_config.cache_clear()
             kernels._launcher.compiled.clear()
             us = timed(call)
             print(f"merge {tokens} tile={tile} w{warps}: {us:.1f} us {nbytes / us / 1e3:.0f} GB/s")
     kernels._TILE_BYTES, kernels._NUM_WARPS = defaults
-    kernels._launch_config.cache_clear()
     kernels._launcher.compiled.clear()
 
 

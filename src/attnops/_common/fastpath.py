@@ -168,6 +168,16 @@ def _hooks_idle() -> bool:
     return not (_hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook))
 
 
+@functools.cache
+def head_tile(num_heads: int, head_size: int, element_size: int, tile_bytes: int) -> tuple[int, int]:
+    """``(BLOCK_H, HEAD_PAD)`` of a program over one token's heads: the head size padded to a power of
+    two, and as many heads (a power of two, at most all of them padded) as fit ``tile_bytes`` of
+    ``element_size``-byte elements, at least one."""
+    head_pad = next_power_of_2(head_size)
+    heads_per_tile = max(1, tile_bytes // (head_pad * element_size))
+    return min(next_power_of_2(num_heads), heads_per_tile), head_pad
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for host code (``triton.cdiv`` is a constexpr function: microseconds a call)."""
     return -(-a // b)

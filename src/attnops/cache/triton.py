@@ -11,14 +11,12 @@ values divided by the scale, saturated and rounded to nearest even, bit-exact wi
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
-from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
+from attnops._common.fastpath import Launcher, cdiv, head_tile
 from attnops._common.fp8_bits import FP8_KINDS, saturated_fp8_bits
 from attnops.cache.api import _dispatcher
 
@@ -89,14 +87,6 @@ def _cache_kernel(
 _launcher = Launcher(_cache_kernel)
 
 
-@functools.cache
-def _launch_config(num_kv_heads: int, head_size: int, element_size: int) -> tuple[int, int]:
-    """``(BLOCK_H, HEAD_PAD)`` for one token's heads: a tile of about ``_TILE_BYTES`` per input."""
-    head_pad = next_power_of_2(head_size)
-    heads_per_tile = max(1, _TILE_BYTES // (head_pad * element_size))
-    return min(next_power_of_2(num_kv_heads), heads_per_tile), head_pad
-
-
 @_dispatcher.register("triton")
 def reshape_and_cache(
     key: torch.Tensor,
@@ -118,7 +108,7 @@ def reshape_and_cache(
     num_tokens, num_kv_heads, head_size = key.shape
     if num_tokens == 0:
         return
-    block_h, head_pad = _launch_config(num_kv_heads, head_size, key.element_size())
+    block_h, head_pad = head_tile(num_kv_heads, head_size, key.element_size(), _TILE_BYTES)
     head_blocks = cdiv(num_kv_heads, block_h)
     fp8 = FP8_KINDS[kv_cache_dtype]
     block_size, x = key_cache.shape[3], key_cache.shape[4]

@@ -11,14 +11,12 @@ in fp32, exactly as :mod:`attnops.merge.reference` does.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
-from attnops._common.fastpath import Launcher, cdiv, next_power_of_2
+from attnops._common.fastpath import Launcher, cdiv, head_tile
 from attnops._common.fp8_bits import e4m3_bits
 from attnops.merge.api import _dispatcher
 
@@ -125,14 +123,6 @@ def _merge_kernel(
 _launcher = Launcher(_merge_kernel)
 
 
-@functools.cache
-def _launch_config(num_heads: int, head_size: int, element_size: int) -> tuple[int, int]:
-    """``(BLOCK_H, BLOCK_D)`` for one token's heads: a tile of about ``_TILE_BYTES`` per input."""
-    block_d = next_power_of_2(head_size)
-    heads_per_tile = max(1, _TILE_BYTES // (block_d * element_size))
-    return min(next_power_of_2(num_heads), heads_per_tile), block_d
-
-
 @_dispatcher.register("triton")
 def merge_attn_states(
     output: torch.Tensor,
@@ -153,7 +143,7 @@ def merge_attn_states(
     num_tokens, num_heads, head_size = output.shape
     if num_tokens == 0:
         return
-    block_h, block_d = _launch_config(num_heads, head_size, prefix_output.element_size())
+    block_h, block_d = head_tile(num_heads, head_size, prefix_output.element_size(), _TILE_BYTES)
     has_scale = output_scale is not None
     fp8_max, fp8_bias = _FP8_FORMATS.get(output.dtype, (0.0, 0))
     # fp8 bytes are assembled in the kernel and stored as uint8; pointers a launch never reads are None.
