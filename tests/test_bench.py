@@ -124,6 +124,12 @@ def test_bandwidth_probe_counts_read_and_write():
     assert bandwidth.gbps(2_000_000, 1000.0) == pytest.approx(2.0)
 
 
+def test_read_probe_counts_the_bytes_read():
+    probe = bandwidth.measure_read_bandwidth(torch.device("cpu"), nbytes=1 << 20, budget_ms=1.0)
+    assert probe.bytes_moved == 1 << 20
+    assert probe.gbps == pytest.approx(probe.bytes_moved / (probe.median_us * 1e3))
+
+
 def _row(**overrides):
     row = {
         "op": "merge",
@@ -137,6 +143,7 @@ def _row(**overrides):
         "runs": 3,
         "gbps": 0.1,
         "pct_peak": 1.0,
+        "pct_read_peak": 0.5,
         "baseline": {"name": "eager formula", "median_us": 20.0, "gbps": 0.05},
         "speedup_vs_baseline": 2.0,
         "graph_us": None,
@@ -151,7 +158,7 @@ def test_result_stem():
 
 
 def test_table_shows_every_row_and_its_baseline():
-    table = report.bench_table([_row(), _row(baseline=None, speedup_vs_baseline=None, kernel="other")], 10.0)
+    table = report.bench_table([_row(), _row(baseline=None, speedup_vs_baseline=None, kernel="other")], 10.0, 20.0)
     buffer = io.StringIO()
     Console(file=buffer, width=200).print(table)
     text = buffer.getvalue()
@@ -161,7 +168,7 @@ def test_table_shows_every_row_and_its_baseline():
 
 
 def test_table_shows_graph_replay_time_where_measured():
-    table = report.bench_table([_row(graph_us=4.25, backend="triton"), _row(kernel="other")], 10.0)
+    table = report.bench_table([_row(graph_us=4.25, backend="triton"), _row(kernel="other")], 10.0, 20.0)
     buffer = io.StringIO()
     Console(file=buffer, width=220).print(table)
     lines = buffer.getvalue().splitlines()
@@ -180,7 +187,7 @@ def test_time_cuda_graph_times_the_kernels():
 
 def test_ascii_table_has_no_box_drawing_characters():
     buffer = io.StringIO()
-    Console(file=buffer, width=200).print(report.bench_table([_row()], 10.0, ascii_only=True))
+    Console(file=buffer, width=200).print(report.bench_table([_row()], 10.0, 20.0, ascii_only=True))
     assert all(ord(c) < 128 or c == "µ" for c in buffer.getvalue())
 
 
@@ -226,7 +233,7 @@ def test_bench_and_check_cover_a_newly_registered_backend(monkeypatch):
     monkeypatch.setitem(api._dispatcher.impls, "triton", api._dispatcher.impls["torch"])
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     config = BenchConfig(("merge",), torch.device("cpu"), budget_ms=0.0)
-    rows = _bench_one("merge", shapes.MergeShape(64), config, BandwidthProbe(1, 1.0, 1.0))
+    rows = _bench_one("merge", shapes.MergeShape(64), config, BandwidthProbe(1, 1.0, 1.0), BandwidthProbe(1, 1.0, 1.0))
     assert [r["backend"] for r in rows] == ["torch", "triton"]
     assert all(r["baseline"]["name"] == "eager formula" for r in rows)
     merge_case = next(c for c in all_cases(quick=True) if c.op == "merge_attn_states")

@@ -78,7 +78,7 @@ def test_bench_times_only_the_backends_asked_for(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_baseline", lambda *args: None)
     config = runner.BenchConfig(ops=("merge",), device=torch.device("cpu"), quick=True, backends=("triton",))
     shape = runner.grid("merge", quick=True)[0]
-    runner._bench_one("merge", shape, config, probe=None)
+    runner._bench_one("merge", shape, config, probe=None, read=None)
     assert timed == ["triton"]
 
 
@@ -97,6 +97,7 @@ def test_bench_writes_json_and_png(tmp_path, capsys):
     assert payload["ops"] == ["merge"] and payload["quick"] is True and payload["backends"] is None
     assert payload["peak_bandwidth"]["gbps"] > 0
     assert payload["peak_bandwidth"]["bytes_per_copy"] == 2 * 4 * 2**20
+    assert payload["read_bandwidth"]["gbps"] > 0 and payload["read_bandwidth"]["bytes_per_sum"] == 4 * 2**20
     assert payload["command"].startswith("attnops bench")
     rows = payload["rows"]
     assert [r["params"]["num_tokens"] for r in rows] == [512, 4096]
@@ -106,6 +107,7 @@ def test_bench_writes_json_and_png(tmp_path, capsys):
         assert row["baseline"]["name"] == "eager formula" and row["baseline"]["median_us"] > 0
         assert row["gbps"] == pytest.approx(row["bytes"] / (row["median_us"] * 1e3))
         assert row["pct_peak"] == pytest.approx(100 * row["gbps"] / payload["peak_bandwidth"]["gbps"])
+        assert row["pct_read_peak"] == pytest.approx(100 * row["gbps"] / payload["read_bandwidth"]["gbps"])
     text = capsys.readouterr().out
     assert "merge_attn_states" in text and "eager formula" in text and str(json_path) in text
 

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark the ops (SPEC §3 grid)",
         description="Time every op beside a plain-PyTorch baseline measured in the same run, report µs, GB/s and "
-        "% of the device's measured peak copy bandwidth, write JSON and a PNG plot.",
+        "% of the device's measured peak copy and read bandwidths, write JSON and a PNG plot.",
     )
     bench.add_argument(
         "--ops",
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--probe-mib",
         type=int,
         default=None,
-        help="size of the copy measuring peak bandwidth in MiB (default: 256 on cpu, 1024 on cuda)",
+        help="size of the copy and the sum measuring peak bandwidth in MiB (default: 256 on cpu, 1024 on cuda)",
     )
     return parser
 

@@ -1,9 +1,13 @@
 """Peak memory bandwidth of a device, measured on the device itself.
 
-A large tensor copy: every byte is read once and written once, so the
-bandwidth is ``2 * nbytes / time``. The buffer is far larger than any cache
-(256 MiB on the CPU, 1 GiB on a GPU). On the CPU the copy runs with the
-torch thread count as configured, like the ops it is compared with.
+Two probes over a buffer far larger than any cache (256 MiB on the CPU, 1 GiB on a GPU):
+
+- copy (:func:`measure_peak_bandwidth`): every byte read once and written once, so the
+  bandwidth is ``2 * nbytes / time``; the ceiling of ops that read and write (merge, top-k);
+- read (:func:`measure_read_bandwidth`): a sum over the buffer, ``nbytes / time``; the ceiling
+  of ops that only read (paged decode reads its KV cache and writes a few KiB).
+
+On the CPU both run with the torch thread count as configured, like the ops they are compared with.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ DEFAULT_PROBE_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}
 
 @dataclass(frozen=True)
 class BandwidthProbe:
-    """Result of the copy probe: bytes read + written per copy, time, GB/s (1e9 bytes/s)."""
+    """Result of a probe: bytes moved per call (read + written for the copy, read for the sum), time, GB/s
+    (1e9 bytes/s)."""
 
     bytes_moved: int
     median_us: float
@@ -37,6 +42,20 @@ def measure_peak_bandwidth(
     dst = torch.empty_like(src)
     timing = time_fn(lambda: dst.copy_(src), device, budget_ms=budget_ms)
     moved = 2 * numel * 4
+    return BandwidthProbe(moved, timing.median_us, gbps(moved, timing.median_us))
+
+
+def measure_read_bandwidth(
+    device: torch.device, *, nbytes: int | None = None, budget_ms: float = 500.0
+) -> BandwidthProbe:
+    """Time ``torch.sum`` of ``nbytes`` bytes of fp32 on ``device`` (bytes read; the one-value result aside)."""
+    if nbytes is None:
+        nbytes = DEFAULT_PROBE_BYTES.get(device.type, DEFAULT_PROBE_BYTES["cpu"])
+    numel = max(1, nbytes // 4)
+    src = torch.ones(numel, dtype=torch.float32, device=device)
+    total = torch.empty((), dtype=torch.float32, device=device)
+    timing = time_fn(lambda: torch.sum(src, dim=0, out=total), device, budget_ms=budget_ms)
+    moved = numel * 4
     return BandwidthProbe(moved, timing.median_us, gbps(moved, timing.median_us))
 
 

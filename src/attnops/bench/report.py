@@ -30,6 +30,7 @@ ROW_KEYS = (
     "runs",
     "gbps",
     "pct_peak",
+    "pct_read_peak",
     "baseline",
     "speedup_vs_baseline",
     "graph_us",
@@ -48,6 +49,7 @@ PAYLOAD_KEYS = (
     "budget_ms",
     "ops",
     "peak_bandwidth",
+    "read_bandwidth",
     "rows",
 )
 
@@ -65,15 +67,18 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def bench_table(rows: Sequence[dict[str, Any]], peak_gbps: float, *, ascii_only: bool = False) -> Table:
-    """One line per op, shape and backend, with the same-run baseline beside it."""
+def bench_table(
+    rows: Sequence[dict[str, Any]], peak_gbps: float, read_gbps: float, *, ascii_only: bool = False
+) -> Table:
+    """One line per op, shape and backend, with the same-run baseline beside it; "% peak" is of the copy
+    bandwidth, "% read" of the read bandwidth (the ceiling of read-only ops such as paged decode)."""
     table = Table(
-        title=f"attnops bench (peak copy bandwidth {peak_gbps:.1f} GB/s)",
+        title=f"attnops bench (peak bandwidth: copy {peak_gbps:.1f} GB/s, read {read_gbps:.1f} GB/s)",
         box=box.ASCII if ascii_only else box.SIMPLE_HEAD,
     )
     for name in ("op", "shape", "kernel", "backend"):
         table.add_column(name)
-    for name in ("µs", "GB/s", "% peak", "graph µs", "baseline", "base µs", "base GB/s", "speedup"):
+    for name in ("µs", "GB/s", "% peak", "% read", "graph µs", "baseline", "base µs", "base GB/s", "speedup"):
         table.add_column(name, justify="left" if name == "baseline" else "right")
     for row in rows:
         base = row["baseline"]
@@ -85,6 +90,7 @@ def bench_table(rows: Sequence[dict[str, Any]], peak_gbps: float, *, ascii_only:
             f"{row['median_us']:.1f}",
             f"{row['gbps']:.2f}",
             f"{row['pct_peak']:.1f}",
+            f"{row['pct_read_peak']:.1f}",
             f"{row['graph_us']:.1f}" if row["graph_us"] is not None else "-",
             base["name"] if base else "-",
             f"{base['median_us']:.1f}" if base else "-",

@@ -15,13 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attnops.bench import report
 from attnops.bench.backends import runnable_backends
-from attnops.bench.bandwidth import BandwidthProbe, gbps, measure_peak_bandwidth
+from attnops.bench.bandwidth import BandwidthProbe, gbps, measure_peak_bandwidth, measure_read_bandwidth
 from attnops.bench.cases import BenchCase, build_case
 from attnops.bench.environment import device_info, device_slug, git_commit, steady_cpu_allocator, versions
 from attnops.bench.shapes import Shape, grid, shape_params
 from attnops.bench.timing import Timing, time_cuda_graph, time_fn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Backends whose calls never synchronise with the host, so a CUDA graph can capture them.
 CAPTURABLE_BACKENDS = ("triton",)
 
@@ -57,8 +57,10 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> BenchResul
     console = console or Console()
     started = datetime.now(timezone.utc)
     allocator = steady_cpu_allocator() if config.device.type == "cpu" else None
-    probe = measure_peak_bandwidth(config.device, nbytes=config.probe_bytes, budget_ms=config.per_call_budget_ms)
-    console.print(f"peak copy bandwidth on {config.device}: {probe.gbps:.1f} GB/s")
+    budget = config.per_call_budget_ms
+    probe = measure_peak_bandwidth(config.device, nbytes=config.probe_bytes, budget_ms=budget)
+    read = measure_read_bandwidth(config.device, nbytes=config.probe_bytes, budget_ms=budget)
+    console.print(f"peak bandwidth on {config.device}: copy {probe.gbps:.1f} GB/s, read {read.gbps:.1f} GB/s")
     work = [(op, shape) for op in config.ops for shape in grid(op, quick=config.quick)]
     rows: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -66,10 +68,11 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> BenchResul
         task = progress.add_task("bench", total=len(work))
         for op, shape in work:
             progress.update(task, description=f"{op} {shape.label}")
-            rows.extend(_bench_one(op, shape, config, probe))
+            rows.extend(_bench_one(op, shape, config, probe, read))
             progress.advance(task)
-    payload = _payload(config, probe, rows, started, allocator)
-    report.print_table(report.bench_table(rows, probe.gbps, ascii_only=not console.is_terminal), console)
+    payload = _payload(config, probe, read, rows, started, allocator)
+    table = report.bench_table(rows, probe.gbps, read.gbps, ascii_only=not console.is_terminal)
+    report.print_table(table, console)
     stem = report.result_stem(config.ops, device_slug(config.device), started)
     json_path = report.write_json(config.out_dir / f"{stem}.json", payload)
     title = f"attnops bench on {payload['device']['name']}\n{', '.join(config.ops)}"
@@ -78,7 +81,9 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> BenchResul
     return BenchResult(payload, json_path, plot_path)
 
 
-def _bench_one(op: str, shape: Shape, config: BenchConfig, probe: BandwidthProbe) -> list[dict[str, Any]]:
+def _bench_one(
+    op: str, shape: Shape, config: BenchConfig, probe: BandwidthProbe, read: BandwidthProbe
+) -> list[dict[str, Any]]:
     case = build_case(op, shape, config.device)
     budget = config.per_call_budget_ms
     baseline = _baseline(case, shape, config.device, budget)
@@ -89,7 +94,7 @@ def _bench_one(op: str, shape: Shape, config: BenchConfig, probe: BandwidthProbe
                 continue
             call = kernel.make(backend)
             timing = time_fn(call, config.device, budget_ms=budget)
-            row = _row(op, kernel.name, backend, shape, timing, probe, baseline)
+            row = _row(op, kernel.name, backend, shape, timing, probe, read, baseline)
             if config.device.type == "cuda" and backend in CAPTURABLE_BACKENDS:
                 row["graph_us"] = time_cuda_graph(call, budget_ms=budget).median_us
             rows.append(row)
@@ -116,6 +121,7 @@ def _row(
     shape: Shape,
     timing: Timing,
     probe: BandwidthProbe,
+    read: BandwidthProbe,
     baseline: dict[str, Any] | None,
 ) -> dict[str, Any]:
     nbytes = shape.bytes_moved()
@@ -132,6 +138,7 @@ def _row(
         "runs": timing.runs,
         "gbps": achieved,
         "pct_peak": 100.0 * achieved / probe.gbps,
+        "pct_read_peak": 100.0 * achieved / read.gbps,
         "baseline": baseline,
         "speedup_vs_baseline": baseline["median_us"] / timing.median_us if baseline else None,
         "graph_us": None,
@@ -141,6 +148,7 @@ def _row(
 def _payload(
     config: BenchConfig,
     probe: BandwidthProbe,
+    read: BandwidthProbe,
     rows: Sequence[dict[str, Any]],
     started: datetime,
     allocator: str | None,
@@ -158,6 +166,7 @@ def _payload(
         "budget_ms": config.per_call_budget_ms,
         "ops": list(config.ops),
         "peak_bandwidth": {"gbps": probe.gbps, "bytes_per_copy": probe.bytes_moved, "median_us": probe.median_us},
+        "read_bandwidth": {"gbps": read.gbps, "bytes_per_sum": read.bytes_moved, "median_us": read.median_us},
         "rows": list(rows),
     }
 
