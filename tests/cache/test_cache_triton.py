@@ -91,32 +91,6 @@ def test_fp8_rounding_saturation_and_specials(device, kv_cache_dtype):
     assert_same_bits(got, want)
 
 
-@pytest.mark.parametrize(("head_size", "block_size", "num_kv_heads", "dtype"), [CASES[1], CASES[2], CASES[8]])
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8_e5m2"])
-def test_prefill_chunks_grouped_by_tokens(
-    device, monkeypatch, head_size, block_size, num_kv_heads, dtype, kv_cache_dtype
-):
-    # Programs of several tokens (as for long prefill chunks): a chunk starting mid-block, padding
-    # tokens among its slots, a group straddling two blocks, scattered slots and a partial last group.
-    from attnops.cache import triton as kernels
-
-    if kv_cache_dtype != "auto" and head_size % 16:
-        pytest.skip("an fp8 key cache holds 16-element pieces of a head")
-    monkeypatch.setattr(kernels, "_GROUPED_FROM", 1)
-    num_blocks = 8
-    generator = torch.Generator().manual_seed(head_size)
-    chunk = torch.arange(block_size - 3, 4 * block_size + 2)
-    chunk[5] = -1
-    scattered = torch.randperm(num_blocks * block_size, generator=generator)
-    scattered = scattered[~torch.isin(scattered, chunk)][:9]
-    slots = torch.cat([chunk, scattered]).to(device)
-    key = (torch.randn(slots.numel(), num_kv_heads, head_size, generator=generator) * 40).to(dtype).to(device)
-    value = (torch.randn(slots.numel(), num_kv_heads, head_size, generator=generator) * 40).to(dtype).to(device)
-    scales = (torch.tensor([0.37], device=device), torch.tensor([2.5], device=device))
-    got, want = write_both(key, value, slots, kv_cache_dtype, scales, num_blocks, block_size)
-    assert_same_bits(got, want)
-
-
 def test_padding_tokens_and_zero_tokens_write_nothing(device):
     key = torch.randn(4, 2, 64, device=device)
     for slots in (torch.full((4,), -1, device=device), None):
