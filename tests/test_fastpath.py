@@ -105,14 +105,38 @@ def test_signature_keys_plain_cuda_tensors_by_metadata(as_cuda):
     assert signature((torch.nn.Parameter(x),), {}) is None
 
 
-def test_signature_refuses_cpu_tensors():
+def test_signature_refuses_calls_not_led_by_a_cuda_tensor():
     assert signature((torch.zeros(2), 1), {}) is None
     assert signature((1,), {"x": torch.zeros(2)}) is None
-    assert signature((1, "a"), {}) == (1, "a")
+    assert signature((1, "a"), {}) is None
+    assert signature((), {}) is None
 
 
-def test_signature_tells_equal_values_of_other_types_apart():
-    assert len({signature((value,), {}) for value in (1, 1.0, True)}) == 3
+def test_signature_keys_the_device_of_every_tensor(as_cuda, monkeypatch):
+    # Validators check that every tensor shares the first one's device: a tensor on another device
+    # (a CPU tensor: index -1) must give another key, so that validation runs (and raises).
+    x, y = torch.zeros(2), torch.zeros(2)
+    devices = {id(x): 0}
+    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: devices.get(id(self), -1))
+    on_cpu = signature((x, y), {})
+    devices[id(y)] = 0
+    same = signature((x, y), {})
+    devices[id(y)] = 1
+    assert len({on_cpu, same, signature((x, y), {})}) == 3
+
+
+def test_signature_tells_equal_values_of_other_types_apart(as_cuda):
+    x = torch.zeros(2)
+    assert len({signature((x, value), {}) for value in (1, 1.0, True)}) == 3
+
+
+def test_signature_keys_the_unkeyed_argument_by_its_type(as_cuda):
+    x = torch.zeros(2)
+    assert signature((x, 5, 7), {}, unkeyed=1) == signature((x, 6, 7), {}, unkeyed=1)
+    assert signature((x, 5, 7), {}, unkeyed=1) != signature((x, 5.0, 7), {}, unkeyed=1)
+    assert signature((x, 5, 7), {}, unkeyed=1) != signature((x, 5, 8), {}, unkeyed=1)
+    # Passed by keyword (past the positional arguments), it is keyed by value.
+    assert signature((x,), {"n": 5}, unkeyed=1) != signature((x,), {"n": 6}, unkeyed=1)
 
 
 def test_verdicts_are_memoised_per_signature(on_cuda):

@@ -118,7 +118,7 @@ class Dispatcher:
         on every call, as failures are never kept.
         """
         name = requested_backend(backend)
-        key = None if checks_requested() else signature(self._keyed(args), kwargs)
+        key = None if checks_requested() else signature(args, kwargs, self._unkeyed)
         if key is None:
             return self._prepare(name, args, kwargs)
         key = (name, key)
@@ -132,13 +132,6 @@ class Dispatcher:
                 self._prepared.clear()
             self._prepared[key] = prepared
         return prepared
-
-    def _keyed(self, args: tuple) -> tuple:
-        """``args`` as :meth:`prepare` keys them: the unkeyed argument replaced by its type."""
-        at = self._unkeyed
-        if at is None or at >= len(args):
-            return args
-        return (*args[:at], type(args[at]), *args[at + 1 :])
 
     def _prepare(self, name: str, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Callable[..., Any]]:
         """:meth:`prepare` without the memo: validation first, so bad arguments raise before anything else."""

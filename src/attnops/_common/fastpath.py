@@ -31,25 +31,29 @@ MAX_ENTRIES = 4096
 _PLAIN = frozenset({int, str, type(None)})
 
 
-def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+def signature(args: tuple, kwargs: dict[str, Any], unkeyed: int | None = None) -> tuple | None:
     """The metadata of a call's arguments as a key; ``None`` when the call must not be memoised.
 
     Tensors, positional or by keyword, contribute dtype, shape, strides and device index (never
     themselves: a key must not keep a tensor alive, nor match it after an in-place change of its
     shape); other values contribute themselves (with their type, but for ints, strings and
-    ``None``), keyword names last. Only plain CUDA tensors
-    qualify: any other tensor (a CPU tensor, whose values validation reads; a fake tensor under
-    ``torch.compile``, a subclass) gives ``None``. ~4.4 µs for the 19 arguments (8 tensors) of
-    ``paged_attention_v1`` on a CPU, ~0.45 µs a tensor (``Tensor`` and ``append`` are bound
-    names: ~0.4 µs less than looking them up per argument).
+    ``None``), keyword names last; the positional argument at ``unkeyed``, its type alone. Only
+    calls whose first argument is a CUDA tensor qualify, and only plain tensors: any other (a fake
+    tensor under ``torch.compile``, a subclass) gives ``None``. The other tensors' device indices
+    (-1 on the CPU) are keyed rather than checked (~65 ns a tensor): the validators check that every
+    tensor shares the first one's device, so a memoised signature has all of them on CUDA (a CPU
+    tensor's values are read by validation, which must then run every call). ~4.7 µs for the 19
+    arguments (8 tensors) of ``paged_attention_v1`` on a CPU, ~0.45 µs a tensor (``Tensor`` and
+    ``append`` are bound names: ~0.4 µs less than looking them up per argument).
     """
+    first = args[0] if args else None
+    if type(first) is not Tensor or not first.is_cuda:
+        return None
     key = []
     append = key.append
     for value in (*args, *kwargs.values()) if kwargs else args:
         kind = type(value)
         if kind is Tensor:
-            if not value.is_cuda:
-                return None
             append((value.dtype, value.shape, value.stride(), value.get_device()))
         elif kind in _PLAIN:
             append(value)
@@ -57,6 +61,8 @@ def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
             return None
         else:
             append((kind, value))
+    if unkeyed is not None and unkeyed < len(args):
+        key[unkeyed] = type(args[unkeyed])
     key.extend(kwargs)
     return tuple(key)
 
