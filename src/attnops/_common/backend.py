@@ -78,16 +78,34 @@ class Dispatcher:
         self.validate = validate
         # Position of the unkeyed argument (when passed by position; by keyword it is keyed by value).
         self._unkeyed = None if unkeyed is None else list(inspect.signature(validate).parameters).index(unkeyed)
+        # Implementation -> the factory of its per-signature bound implementations (see register).
+        self._binders: dict[Callable[..., Any], Callable[[], Callable[..., Any]]] = {}
         # (backend asked for, argument signature) -> (verdict, implementation), for CUDA calls.
         self._prepared: dict[tuple, tuple[Any, Callable[..., Any]]] = {}
 
-    def register(self, backend: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(
+        self, backend: str, bind: Callable[[], Callable[..., Any]] | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator adding ``fn`` as the implementation of ``backend``.
+
+        ``bind()``, when given, makes a fresh callable that stands for ``fn`` in one memo entry of
+        :meth:`prepare` (so for one argument signature, on CUDA, without value checks), made with
+        the entry: it may keep what ``fn`` derives from the signature (see
+        :class:`attnops._common.fastpath.Bound`). Calls outside the memo always run ``fn``.
+        """
+
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.impls[backend] = fn
-            self._prepared.clear()
+            if bind is not None:
+                self._binders[fn] = bind
+            self.clear()
             return fn
 
         return decorate
+
+    def clear(self) -> None:
+        """Forget every memoised call (and its bound implementation), e.g. after a change of launch constants."""
+        self._prepared.clear()
 
     def select(self, backend: str | None, device: torch.device) -> Callable[..., Any]:
         """The implementation to run for tensors on ``device``."""
@@ -127,7 +145,9 @@ class Dispatcher:
         except TypeError:  # an unhashable argument
             return self._prepare(name, args, kwargs)
         if prepared is None:
-            prepared = self._prepare(name, args, kwargs)
+            verdict, impl = self._prepare(name, args, kwargs)
+            bind = self._binders.get(impl)
+            prepared = (verdict, impl if bind is None else bind())
             if len(self._prepared) >= MAX_ENTRIES:
                 self._prepared.clear()
             self._prepared[key] = prepared

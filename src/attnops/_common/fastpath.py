@@ -133,7 +133,7 @@ class Launcher:
             # Python-level driver queries.
             stream = torch._C._cuda_getCurrentRawStream(index)
             grid = (*grid, 1, 1)
-            if _hooks_idle():
+            if hooks_idle():
                 # What the handle's runner would do without launch hooks, minus its per-launch
                 # closure, hook lookups and hook metadata (microseconds of Python a launch).
                 compiled.run(
@@ -152,13 +152,35 @@ class Launcher:
                 self.compiled.clear()
             self.compiled[key] = (compiled, tail)
 
+    def direct(
+        self, key: tuple | None, grid: tuple[int, ...], pointers: tuple, scalars: tuple, device: torch.device
+    ) -> Callable[..., None] | None:
+        """A launch of ``key`` (as :meth:`launch` takes it) whose pointers are all 16-byte aligned, fixed
+        but for its stream, pointers and leading scalars: ``go(stream, *addresses, *leading)`` passes
+        them, then ``scalars`` and the constexprs, straight to the compiled handle's launcher.
 
-def _hook_set(hook: Any) -> bool:
-    """Whether a Triton launch hook does something: a function, or a chain of hooks that is not empty."""
-    if hook is None:
-        return False
-    calls = getattr(hook, "calls", None)
-    return calls is None or len(calls) > 0
+        ``pointers`` gives each pointer's dtype (a tensor, or its dtype) or ``None``. ``None`` until
+        such a launch has been compiled through :meth:`launch`, and for ``key=None``. The caller
+        checks, on every call, that its pointers are aligned and that no launch hook is set
+        (:func:`hooks_idle`).
+        """
+        if key is None:
+            return None
+        dtypes = [None if pointer is None else getattr(pointer, "dtype", pointer) for pointer in pointers]
+        hit = self.compiled.get((key, device.index, *dtypes))
+        if hit is None:
+            return None
+        compiled, tail = hit
+        run, function, metadata = compiled.run, compiled.function, compiled.packed_metadata
+        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
+        fixed = (*scalars, *tail)
+
+        def go(stream: int, *arguments: Any) -> None:
+            run(grid_x, grid_y, grid_z, stream, function, metadata, None, None, None, *arguments, *fixed)
+
+        # Triton unloads a kernel's module when its handle is freed (the launcher's cache may drop it).
+        go.compiled = compiled  # type: ignore[attr-defined]
+        return go
 
 
 @functools.cache
@@ -168,10 +190,75 @@ def _runtime_knobs() -> Any:
     return knobs.runtime
 
 
-def _hooks_idle() -> bool:
-    """Whether no launch hook (a profiler's, say) is registered with Triton, so launches may skip them."""
+def hooks_idle() -> bool:
+    """Whether no launch hook (a profiler's, say) is registered with Triton, so launches may skip them.
+
+    A hook is idle when it is ``None`` or a chain of hooks (Triton's ``HookChain``) with no calls; a
+    function, or any other object, is set. Inline, as every eager call asks (~0.15 µs).
+    """
     runtime = _runtime_knobs()
-    return not (_hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook))
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return (enter is None or getattr(enter, "calls", None) == []) and (
+        leave is None or getattr(leave, "calls", None) == []
+    )
+
+
+def current_stream(index: int) -> int:
+    """The current CUDA stream of device ``index``, as the compiled handles take it."""
+    return torch._C._cuda_getCurrentRawStream(index)
+
+
+class _Fallback:
+    """What a direct call (see :class:`Bound`) returns when it launched nothing."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return self.reason
+
+
+# A pointer of the call is not 16-byte aligned: the captured handles were compiled for aligned ones.
+UNALIGNED = _Fallback("UNALIGNED")
+# Nothing captured yet (``handles`` is ``None``): the call's pointers are aligned, the general path
+# runs and the handles are captured after it.
+UNBOUND = _Fallback("UNBOUND")
+
+
+class Bound:
+    """An implementation bound to one memoised argument signature: direct launches after its first call.
+
+    Everything an implementation derives from its arguments' metadata (launch plan, keys, compiled
+    handles) is fixed by the signature that :meth:`attnops._common.backend.Dispatcher.prepare`
+    memoises, but for the pointers' alignment. A ``Bound`` is made per memo entry (see
+    :meth:`~attnops._common.backend.Dispatcher.register`): ``general(*args)`` is the implementation;
+    ``capture(*args)``, after a general call whose pointers were all 16-byte aligned, returns the
+    launches of such calls with their static arguments fixed (from :meth:`Launcher.direct`), or
+    ``None`` when it has none (an empty input, the interpreter); ``direct(handles, *args)`` reads the
+    call's addresses and returns :data:`UNALIGNED` (unless all are aligned) or :data:`UNBOUND` (while
+    ``handles`` is ``None``) before launching anything, else launches ``handles`` and returns the
+    result. A registered launch hook (a profiler's) sends every call through ``general``, whose
+    launches call it.
+    """
+
+    __slots__ = ("_capture", "_direct", "_general", "_handles")
+
+    def __init__(self, general: Callable[..., Any], direct: Callable[..., Any], capture: Callable[..., Any]) -> None:
+        self._general = general
+        self._direct = direct
+        self._capture = capture
+        self._handles: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        if not hooks_idle():
+            return self._general(*args)
+        result = self._direct(self._handles, *args)
+        if result is UNALIGNED:
+            return self._general(*args)
+        if result is UNBOUND:
+            result = self._general(*args)
+            self._handles = self._capture(*args)
+        return result
 
 
 @functools.cache
