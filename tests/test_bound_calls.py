@@ -1,0 +1,262 @@
+"""Bound implementations of memoised calls (``fastpath.Bound``): direct launches, and when they fall back.
+
+CPU tests run the public calls with CPU tensors on the CUDA tensors' path (as
+``bench/tuning/host_python.py`` does) against recording stand-ins of the compiled kernels; GPU
+tests compare eager results with the reference over repeated calls.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnops import paged_attention_v1, paged_attention_v2, paged_decode
+from attnops._common import backend as backend_mod
+from attnops.cache import make_paged_kv_cache
+from attnops.paged_attention import api as paged_api
+from attnops.paged_attention import triton as paged_kernels
+from helpers.launches import named, record_launches
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+DISPATCHERS = (paged_api._v1_dispatcher, paged_api._v2_dispatcher, paged_api._decode_dispatcher)
+
+
+@pytest.fixture
+def as_cuda(monkeypatch):
+    """Public calls on CPU tensors take the CUDA path: memoised validation, the Triton implementation
+    (bound per signature), recorded launches; nothing memoised or planned before is kept."""
+    for name in ("ATTNOPS_CHECK", "ATTNOPS_BACKEND", "TRITON_INTERPRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(backend_mod, "triton_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", True)
+    for dispatcher in DISPATCHERS:
+        monkeypatch.setitem(dispatcher.impls, "torch", dispatcher.impls["triton"])
+        monkeypatch.setattr(dispatcher, "_prepared", {})
+    paged_kernels._clear_plans()
+    yield
+    paged_kernels._clear_plans()
+
+
+@pytest.fixture
+def paged_launches(monkeypatch, as_cuda):
+    return record_launches(monkeypatch, paged_kernels, ("_partition_launcher", "_reduce_launcher"))
+
+
+@pytest.fixture
+def layouts(monkeypatch):
+    """Counts the layouts the paged implementations derive (the general path's work, which bound calls skip)."""
+    made = []
+    layout = paged_kernels._layout
+    monkeypatch.setattr(paged_kernels, "_layout", lambda *args: made.append(1) or layout(*args))
+    return made
+
+
+def paged_inputs(split_tokens: int | None, monkeypatch, kv_cache_dtype: str = "auto", num_seqs: int = 2):
+    """v1's public arguments over sequences of 5 and 40 tokens; ``split_tokens`` per program (``None``: one split)."""
+    if split_tokens is not None:
+        monkeypatch.setattr(paged_kernels, "_auto_split", lambda *args: split_tokens)
+    cache = make_paged_kv_cache([5, 40, 17][:num_seqs], 2, 32, 8, torch.float16, kv_cache_dtype=kv_cache_dtype)
+    query = torch.randn(num_seqs, 4, 32, dtype=torch.float16)
+    return dict(
+        out=torch.empty_like(query), query=query, key_cache=cache.key_cache, value_cache=cache.value_cache,
+        num_kv_heads=2, scale=0.2, block_tables=cache.block_tables, seq_lens=cache.seq_lens, block_size=8,
+        max_seq_len=40, alibi_slopes=None, kv_cache_dtype=kv_cache_dtype, k_scale=cache.k_scale,
+        v_scale=cache.v_scale,
+    )  # fmt: skip
+
+
+def tensors_of(arguments: dict) -> dict:
+    return {name: value for name, value in arguments.items() if isinstance(value, torch.Tensor)}
+
+
+def general_v1(arguments: dict) -> None:
+    """The Triton implementation itself (never bound), as the public call would run it."""
+    a = arguments
+    paged_kernels.paged_attention_v1(
+        a["out"], a["query"], a["key_cache"], a["value_cache"], a["block_tables"], a["seq_lens"], a["scale"],
+        a["alibi_slopes"], a["kv_cache_dtype"], a["k_scale"], a["v_scale"], None,
+    )  # fmt: skip
+
+
+def unaligned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s values in a view of the same shape and strides, one element past a 16-byte boundary."""
+    storage = torch.empty(tensor.numel() + 1, dtype=tensor.dtype)
+    view = storage[1:].view(tensor.shape)
+    view.copy_(tensor)
+    assert view.data_ptr() % 16 != 0
+    return view
+
+
+@pytest.mark.parametrize("split_tokens", [None, 16], ids=["one split", "splits"])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_bound_v1_launches_what_the_general_path_launches(
+    paged_launches, layouts, monkeypatch, split_tokens, kv_cache_dtype
+):
+    arguments = paged_inputs(split_tokens, monkeypatch, kv_cache_dtype)
+    for _ in range(2):  # compiles, then launches the compiled handles
+        general_v1(arguments)
+    general = paged_launches[-2 if split_tokens else -1 :]
+    paged_launches.clear()
+    paged_attention_v1(**arguments)  # the general path, then the handles are captured
+    made = len(layouts)
+    paged_attention_v1(**arguments)
+    assert len(layouts) == made  # the bound call derived nothing
+    bound = paged_launches[-len(general) :]
+    assert [launch.how for launch in paged_launches] == ["run"] * 2 * len(general)
+    tensors = tensors_of(arguments)
+    assert named(bound, **tensors) == named(general, **tensors)
+    if split_tokens:
+        assert [launch.kernel for launch in bound] == ["_partition_launcher", "_reduce_launcher"]
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole partitions", "sub-splits"])
+def test_bound_v2_launches_what_the_general_path_launches(paged_launches, layouts, monkeypatch, whole):
+    arguments = paged_inputs(None if whole else 16, monkeypatch)
+    arguments["max_seq_len"] = 600
+    buffers = dict(
+        exp_sum=torch.zeros(2, 4, 2), max_logits=torch.zeros(2, 4, 2), tmp_out=torch.zeros(2, 4, 2, 32).half()
+    )
+    a = {**arguments, **buffers}
+    for _ in range(2):
+        paged_kernels.paged_attention_v2(
+            a["out"], a["exp_sum"], a["max_logits"], a["tmp_out"], a["query"], a["key_cache"], a["value_cache"],
+            a["block_tables"], a["seq_lens"], a["scale"], None, "auto", a["k_scale"], a["v_scale"], None,
+        )  # fmt: skip
+    general = paged_launches[-2:]
+    paged_launches.clear()
+    for _ in range(2):
+        paged_attention_v2(**a)
+    assert len(layouts) == 4  # two general calls, the public call's and its capture's
+    tensors = tensors_of(a)
+    assert named(paged_launches[-2:], **tensors) == named(general, **tensors)
+    assert [launch.how for launch in paged_launches] == ["run"] * 4
+
+
+def test_bound_paged_decode_launches_what_the_general_path_launches(paged_launches, layouts, monkeypatch):
+    arguments = paged_inputs(16, monkeypatch)
+    inputs = {name: arguments[name] for name in ("query", "key_cache", "value_cache", "block_tables", "seq_lens")}
+    ones = torch.ones(())
+    results = []
+    for _ in range(2):
+        results.append(paged_kernels.paged_decode(*inputs.values(), 0.2, None, "auto", ones, ones))
+    general = named(paged_launches[-2:], **inputs, out=results[-1][0], lse=results[-1][1])
+    paged_launches.clear()
+    for _ in range(2):
+        results.append(paged_decode(*inputs.values(), scale=0.2, return_lse=True))
+    assert len(layouts) == 4
+    assert named(paged_launches[-2:], **inputs, out=results[-1][0], lse=results[-1][1]) == general
+    out, lse = results[-1]
+    assert (out.shape, out.dtype, lse.shape, lse.dtype) == ((2, 4, 32), torch.float16, (4, 2), torch.float32)
+
+
+def test_an_unaligned_pointer_never_reuses_the_aligned_handle(paged_launches, monkeypatch):
+    arguments = paged_inputs(16, monkeypatch)
+    for _ in range(2):
+        paged_attention_v1(**arguments)
+    aligned = paged_launches[-2].compiled  # the partition kernel's: it reads the query
+    unaligned = {**arguments, "query": unaligned_copy(arguments["query"])}  # the same signature
+    paged_launches.clear()
+    for _ in range(2):
+        paged_attention_v1(**unaligned)
+    # The partition kernel compiled for an unaligned query, then launched through that handle.
+    partitions = [launch for launch in paged_launches if launch.kernel == "_partition_launcher"]
+    assert [launch.how for launch in partitions] == ["jit", "run"]
+    assert partitions[1].compiled is partitions[0].compiled is not aligned
+    assert named(partitions[1:], query=unaligned["query"])[0][4] == "query"
+    paged_launches.clear()
+    paged_attention_v1(**arguments)  # aligned again: the bound handles
+    assert paged_launches[-2].compiled is aligned
+
+
+def test_a_launch_hook_sends_bound_calls_through_the_runner(paged_launches, monkeypatch):
+    knobs = pytest.importorskip("triton").knobs
+    arguments = paged_inputs(16, monkeypatch)
+    for _ in range(2):
+        paged_attention_v1(**arguments)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    paged_launches.clear()
+    paged_attention_v1(**arguments)
+    assert [launch.how for launch in paged_launches] == ["runner", "runner"]
+
+
+def test_a_new_signature_is_validated_and_planned_again(paged_launches, layouts, monkeypatch):
+    validated = []
+    validate = paged_api._v1_dispatcher.validate
+    monkeypatch.setattr(paged_api._v1_dispatcher, "validate", lambda *a: validated.append(1) or validate(*a))
+    arguments = paged_inputs(16, monkeypatch)
+    for _ in range(2):
+        paged_attention_v1(**arguments)
+    assert (len(validated), len(layouts)) == (1, 2)
+    three = paged_inputs(16, monkeypatch, num_seqs=3)
+    for _ in range(2):
+        paged_attention_v1(**three)
+    assert (len(validated), len(layouts)) == (2, 4)
+    assert paged_launches[-2].grid == (2, 3, 3)  # kv heads, sequences, splits of 16 of 40 tokens
+    three["block_size"] = 16
+    with pytest.raises(ValueError, match="block_size: expected 8"):
+        paged_attention_v1(**three)
+
+
+def test_max_seq_len_is_still_checked_by_bound_calls(paged_launches, monkeypatch):
+    arguments = paged_inputs(16, monkeypatch)
+    for _ in range(2):
+        paged_attention_v1(**arguments)
+    with pytest.raises(ValueError, match="max_seq_len: expected a value >= 0"):
+        paged_attention_v1(**{**arguments, "max_seq_len": -1})
+
+
+def gpu_paged_inputs(seq_lens, kv_cache_dtype="auto"):
+    cache = make_paged_kv_cache(seq_lens, 2, 128, 16, torch.bfloat16, kv_cache_dtype=kv_cache_dtype, device="cuda")
+    # A query that is a view of a wider qkv buffer, as vLLM passes it.
+    qkv = torch.randn(len(seq_lens), 3 * 8 * 128, dtype=torch.bfloat16, device="cuda")
+    query = qkv[:, : 8 * 128].view(len(seq_lens), 8, 128)
+    return cache, query
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_eager_calls_match_the_reference_over_a_decode_loop(monkeypatch, kv_cache_dtype):
+    """Repeated eager calls (bound after the first) with growing sequences, then an unaligned query,
+    give the reference's results (v1, v2, paged_decode)."""
+    from attnops.paged_attention import reference
+
+    monkeypatch.delenv("ATTNOPS_CHECK", raising=False)
+    cache, query = gpu_paged_inputs([70, 1000, 333], kv_cache_dtype)
+    one = torch.ones((), device="cuda")
+    scale = 128**-0.5
+    for step in range(4):
+        lens = cache.seq_lens - 5 * step  # cache slots past a sequence hold NaN
+        max_seq_len = int(lens.max())
+        if step == 3:  # the same signature, one element off 16-byte alignment
+            storage = torch.empty(query.numel() + 1, dtype=query.dtype, device="cuda")
+            query = storage[1:].view(query.shape).copy_(query)
+            assert query.data_ptr() % 16
+        common = (query, cache.key_cache, cache.value_cache, 2, scale, cache.block_tables, lens, 16, max_seq_len,
+                  None, kv_cache_dtype, cache.k_scale, cache.v_scale)  # fmt: skip
+        expected = torch.empty_like(query)
+        reference.paged_attention_v1(
+            expected, query, cache.key_cache, cache.value_cache, cache.block_tables, lens, scale, None,
+            kv_cache_dtype, cache.k_scale, cache.v_scale, None,
+        )  # fmt: skip
+        out = torch.empty_like(query)
+        paged_attention_v1(out, *common)
+        torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+        parts = 2
+        stats = torch.empty(2, 3, 8, parts, device="cuda")
+        tmp = torch.empty(3, 8, parts, 128, dtype=query.dtype, device="cuda")
+        out2 = torch.empty_like(query)
+        paged_attention_v2(out2, stats[0], stats[1], tmp, *common)
+        torch.testing.assert_close(out2, out, atol=0, rtol=0)
+        decoded, lse = paged_decode(
+            query, cache.key_cache, cache.value_cache, cache.block_tables, lens, scale=scale,
+            kv_cache_dtype=kv_cache_dtype, k_scale=cache.k_scale if kv_cache_dtype != "auto" else None,
+            v_scale=cache.v_scale if kv_cache_dtype != "auto" else None, return_lse=True,
+        )  # fmt: skip
+        torch.testing.assert_close(decoded, out, atol=0, rtol=0)
+        expected_lse = reference.paged_decode(
+            query, cache.key_cache, cache.value_cache, cache.block_tables, lens, scale, None, kv_cache_dtype,
+            cache.k_scale if kv_cache_dtype != "auto" else one, cache.v_scale if kv_cache_dtype != "auto" else one,
+        )[1]  # fmt: skip
+        torch.testing.assert_close(lse, expected_lse, atol=1e-3, rtol=1e-3)
