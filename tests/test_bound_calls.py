@@ -10,16 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnops import paged_attention_v1, paged_attention_v2, paged_decode
+from attnops import merge_attn_states, paged_attention_v1, paged_attention_v2, paged_decode
 from attnops._common import backend as backend_mod
 from attnops.cache import make_paged_kv_cache
+from attnops.merge import api as merge_api
+from attnops.merge import triton as merge_kernels
 from attnops.paged_attention import api as paged_api
 from attnops.paged_attention import triton as paged_kernels
 from helpers.launches import named, record_launches
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-DISPATCHERS = (paged_api._v1_dispatcher, paged_api._v2_dispatcher, paged_api._decode_dispatcher)
+DISPATCHERS = (paged_api._v1_dispatcher, paged_api._v2_dispatcher, paged_api._decode_dispatcher, merge_api._dispatcher)
 
 
 @pytest.fixture
@@ -206,6 +208,34 @@ def test_max_seq_len_is_still_checked_by_bound_calls(paged_launches, monkeypatch
         paged_attention_v1(**{**arguments, "max_seq_len": -1})
 
 
+def merge_inputs(**extra):
+    prefix, suffix = torch.randn(2, 4, 8, 32, dtype=torch.float16)
+    lse = torch.randn(3, 8, 4)
+    return dict(
+        output=torch.empty_like(prefix), prefix_output=prefix, prefix_lse=lse[0], suffix_output=suffix,
+        suffix_lse=lse[1], output_lse=lse[2], **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [{}, {"prefill_tokens_with_context": 2}], ids=["all", "context"])
+def test_bound_merge_launches_what_the_general_path_launches(monkeypatch, as_cuda, extra):
+    launches = record_launches(monkeypatch, merge_kernels, ("_launcher",))
+    arguments = merge_inputs(**extra)
+    full = {"output_lse": None, "prefill_tokens_with_context": None, "output_scale": None, **arguments}
+    for _ in range(2):
+        merge_kernels.merge_attn_states(**full)
+    general = launches[-1:]
+    launches.clear()
+    for _ in range(2):
+        merge_attn_states(**arguments)
+    assert [launch.how for launch in launches] == ["run", "run"]
+    tensors = tensors_of(arguments)
+    assert named(launches[-1:], **tensors) == named(general, **tensors)
+    unaligned = {**arguments, "suffix_output": unaligned_copy(arguments["suffix_output"])}
+    merge_attn_states(**unaligned)
+    assert launches[-1].how == "jit" and launches[-1].compiled is not general[0].compiled
+
+
 def gpu_paged_inputs(seq_lens, kv_cache_dtype="auto"):
     cache = make_paged_kv_cache(seq_lens, 2, 128, 16, torch.bfloat16, kv_cache_dtype=kv_cache_dtype, device="cuda")
     # A query that is a view of a wider qkv buffer, as vLLM passes it.
@@ -260,3 +290,23 @@ def test_eager_calls_match_the_reference_over_a_decode_loop(monkeypatch, kv_cach
             cache.k_scale if kv_cache_dtype != "auto" else one, cache.v_scale if kv_cache_dtype != "auto" else one,
         )[1]  # fmt: skip
         torch.testing.assert_close(lse, expected_lse, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_eager_merges_match_the_reference_over_repeated_calls(monkeypatch):
+    from attnops.merge import reference
+
+    monkeypatch.delenv("ATTNOPS_CHECK", raising=False)
+    for step in range(4):
+        prefix, suffix = torch.randn(2, 64, 8, 128, dtype=torch.bfloat16, device="cuda")
+        if step == 3:  # one element off 16-byte alignment, the same signature
+            storage = torch.empty(prefix.numel() + 1, dtype=prefix.dtype, device="cuda")
+            prefix = storage[1:].view(prefix.shape).copy_(prefix)
+        lse = torch.randn(2, 8, 64, device="cuda")
+        out, out_lse = torch.empty_like(prefix), torch.empty(8, 64, device="cuda")
+        merge_attn_states(out, prefix, lse[0], suffix, lse[1], out_lse)
+        expected, expected_lse = torch.empty_like(prefix), torch.empty(8, 64, device="cuda")
+        reference.merge_attn_states(expected, prefix, lse[0], suffix, lse[1], expected_lse, None, None)
+        torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(out_lse, expected_lse)
