@@ -929,8 +929,8 @@ def _attention(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     sparse: BlockSparse | None,
     split: int | None,
 ) -> None:
@@ -980,8 +980,8 @@ def _input_addresses(
     seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
 ) -> tuple[tuple, int]:
     """The addresses of a call's inputs in :class:`_Tensors`' order (``None`` for the scales unless fp8:
     the kernel never reads them, and their alignment must not matter), and their bitwise or."""
@@ -1010,8 +1010,8 @@ def _attention_direct(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     sparse: BlockSparse | None,
     lse: torch.Tensor | None = None,
 ) -> object:
@@ -1051,8 +1051,8 @@ def _attention_capture(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     sparse: BlockSparse | None,
     lse: torch.Tensor | torch.dtype | None = None,
 ) -> _Handles | None:
@@ -1226,8 +1226,8 @@ def _decode_direct(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
 ) -> object:
     """:func:`paged_decode` through captured ``handles`` (see :class:`attnops._common.fastpath.Bound`)."""
     out, lse = _decode_outputs(query)
@@ -1247,8 +1247,8 @@ def _decode_capture(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
 ) -> _Handles | None:
     return _attention_capture(
         query.dtype, query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
@@ -1271,13 +1271,13 @@ def paged_decode(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`attnops.paged_attention.reference.paged_decode` on Triton: ``(out, lse [num_heads, num_seqs])``.
 
-    ``split``: tokens per program, as in :func:`paged_attention_v1`.
+    ``split``: tokens per program, as in :func:`paged_attention_v1`. The scales are read for fp8 caches only.
     """
     out, lse = _decode_outputs(query)
     _attention(
