@@ -5,10 +5,12 @@ devices, pointer alignment) repeat from step to step. Our argument checks, the b
 Triton's per-launch argument specialisation depend only on that metadata (and the backend asked
 for), yet cost tens of microseconds of Python a call: more than the GPU time of a small decode.
 They are therefore kept per metadata :func:`signature`: a validator's verdict with the
-implementation chosen (:meth:`attnops._common.backend.Dispatcher.prepare`) and a kernel's compiled
-handle (:class:`Launcher`, keyed by the launch's own integer arguments and pointer alignments).
-Value checks (``ATTNOPS_CHECK=1``), CPU tensors and fake tensors always take the full path, and
-keys never hold tensors.
+implementation chosen (:meth:`attnops._common.backend.Dispatcher.prepare`), that implementation
+bound to the signature (:class:`Bound`: after its first call, only the call's addresses are read,
+checked for 16-byte alignment and handed with the fixed arguments to the compiled handles,
+:meth:`Launcher.direct`), and a kernel's compiled handle (:class:`Launcher`, keyed by the launch's
+own integer arguments and pointer alignments). Value checks (``ATTNOPS_CHECK=1``), CPU tensors and
+fake tensors always take the full path, and keys never hold tensors.
 """
 
 from __future__ import annotations
