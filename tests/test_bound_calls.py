@@ -55,7 +55,8 @@ def layouts(monkeypatch):
 
 
 def paged_inputs(split_tokens: int | None, monkeypatch, kv_cache_dtype: str = "auto", num_seqs: int = 2):
-    """v1's public arguments over sequences of 5 and 40 tokens; ``split_tokens`` per program (``None``: one split)."""
+    """v1's public arguments over sequences of 5, 40 (and 17) tokens; ``split_tokens`` per program
+    (``None``: one split)."""
     if split_tokens is not None:
         monkeypatch.setattr(paged_kernels, "_auto_split", lambda *args: split_tokens)
     cache = make_paged_kv_cache([5, 40, 17][:num_seqs], 2, 32, 8, torch.float16, kv_cache_dtype=kv_cache_dtype)
