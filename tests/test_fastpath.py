@@ -105,14 +105,38 @@ def test_signature_keys_plain_cuda_tensors_by_metadata(as_cuda):
     assert signature((torch.nn.Parameter(x),), {}) is None
 
 
-def test_signature_refuses_cpu_tensors():
+def test_signature_refuses_calls_not_led_by_a_cuda_tensor():
     assert signature((torch.zeros(2), 1), {}) is None
     assert signature((1,), {"x": torch.zeros(2)}) is None
-    assert signature((1, "a"), {}) == (1, "a")
+    assert signature((1, "a"), {}) is None
+    assert signature((), {}) is None
 
 
-def test_signature_tells_equal_values_of_other_types_apart():
-    assert len({signature((value,), {}) for value in (1, 1.0, True)}) == 3
+def test_signature_keys_the_device_of_every_tensor(as_cuda, monkeypatch):
+    # Validators check that every tensor shares the first one's device: a tensor on another device
+    # (a CPU tensor: index -1) must give another key, so that validation runs (and raises).
+    x, y = torch.zeros(2), torch.zeros(2)
+    devices = {id(x): 0}
+    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: devices.get(id(self), -1))
+    on_cpu = signature((x, y), {})
+    devices[id(y)] = 0
+    same = signature((x, y), {})
+    devices[id(y)] = 1
+    assert len({on_cpu, same, signature((x, y), {})}) == 3
+
+
+def test_signature_tells_equal_values_of_other_types_apart(as_cuda):
+    x = torch.zeros(2)
+    assert len({signature((x, value), {}) for value in (1, 1.0, True)}) == 3
+
+
+def test_signature_keys_the_unkeyed_argument_by_its_type(as_cuda):
+    x = torch.zeros(2)
+    assert signature((x, 5, 7), {}, unkeyed=1) == signature((x, 6, 7), {}, unkeyed=1)
+    assert signature((x, 5, 7), {}, unkeyed=1) != signature((x, 5.0, 7), {}, unkeyed=1)
+    assert signature((x, 5, 7), {}, unkeyed=1) != signature((x, 5, 8), {}, unkeyed=1)
+    # Passed by keyword (past the positional arguments), it is keyed by value.
+    assert signature((x,), {"n": 5}, unkeyed=1) != signature((x,), {"n": 6}, unkeyed=1)
 
 
 def test_verdicts_are_memoised_per_signature(on_cuda):
@@ -452,3 +476,146 @@ def test_launcher_keys_on_pointer_layout(monkeypatch, other):
     # The second launch reuses the first's compiled kernel; the third specialises differently.
     assert len(kernel.jit_launches) == 2
     assert len(kernel.compiled.launches) == 1
+
+
+def test_direct_launches_pass_what_the_launcher_passes(monkeypatch):
+    """A direct launch (:meth:`Launcher.direct`) hands the compiled handle exactly what a cached launch does."""
+    from attnops._common.fastpath import Launcher
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 1000 + index, raising=False)
+    kernel = FakeKernel()
+    launcher = Launcher(kernel)
+    device = torch.device("cuda", 1)
+    x, y = torch.zeros(4), torch.zeros(4)
+    assert launcher.direct(("k",), (2, 5), (x,), (), device) is None  # nothing compiled yet
+    assert launcher.direct(None, (2, 5), (x,), (), device) is None
+    for pointer in (x, y):
+        launcher.launch(("k",), (2, 5), (pointer,), (11, 12), lambda: {"C": 3, "D": 4}, device)
+    # Given dtypes or tensors; the scalars after the first are fixed, the first passed per call.
+    for pointers in ((x,), (torch.float32,)):
+        direct = launcher.direct(("k",), (2, 5), pointers, (12,), device)
+        direct(1001, y.data_ptr(), 11)
+    launches = kernel.compiled.launches
+    assert len(launches) == 3
+    assert launches[1] == launches[2] == launches[0]
+    assert launcher.direct(("k",), (2, 5), (torch.float16,), (12,), device) is None  # another dtype
+    assert launcher.direct(("k",), (2, 5), (x,), (12,), torch.device("cuda", 0)) is None  # another device
+
+
+def test_direct_launches_only_reuse_kernels_compiled_for_aligned_pointers(monkeypatch):
+    from attnops._common.fastpath import Launcher
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+    launcher = Launcher(FakeKernel())
+    device = torch.device("cuda", 0)
+    x = torch.zeros(16)
+    launcher.launch(("k",), (1,), (x[1:],), (1,), lambda: {"C": 0, "D": 0}, device)
+    assert launcher.direct(("k",), (1,), (x,), (1,), device) is None
+    launcher.launch(("k",), (1,), (x,), (1,), lambda: {"C": 0, "D": 0}, device)
+    assert launcher.direct(("k",), (1,), (x,), (1,), device) is not None
+
+
+class RecordingBound:
+    """The three functions of a :class:`Bound` over one "pointer" argument (an int address), recording calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def general(self, address, value):
+        self.calls.append(("general", address))
+        return value
+
+    def direct(self, handles, address, value):
+        from attnops._common.fastpath import UNALIGNED, UNBOUND
+
+        if address & 15:
+            return UNALIGNED
+        if handles is None:
+            return UNBOUND
+        self.calls.append(("direct", address, handles))
+        return value
+
+    def capture(self, address, value):
+        self.calls.append(("capture", address))
+        return "handles"
+
+
+def test_a_bound_call_goes_direct_once_captured():
+    from attnops._common.fastpath import Bound
+
+    recorded = RecordingBound()
+    bound = Bound(recorded.general, recorded.direct, recorded.capture)
+    assert [bound(address, address + 1) for address in (16, 32, 8, 48)] == [17, 33, 9, 49]
+    assert recorded.calls == [
+        ("general", 16), ("capture", 16), ("direct", 32, "handles"), ("general", 8), ("direct", 48, "handles"),
+    ]  # fmt: skip
+
+
+def test_a_bound_call_captures_after_an_aligned_call_only():
+    from attnops._common.fastpath import Bound
+
+    recorded = RecordingBound()
+    bound = Bound(recorded.general, recorded.direct, recorded.capture)
+    for address in (8, 24, 32, 48):
+        bound(address, None)
+    assert recorded.calls == [
+        ("general", 8),
+        ("general", 24),
+        ("general", 32),
+        ("capture", 32),
+        ("direct", 48, "handles"),
+    ]
+
+
+def test_a_launch_hook_sends_bound_calls_through_the_general_path(monkeypatch):
+    knobs = pytest.importorskip("triton").knobs
+    from attnops._common.fastpath import Bound, hooks_idle
+
+    recorded = RecordingBound()
+    bound = Bound(recorded.general, recorded.direct, recorded.capture)
+    bound(16, None)
+    assert hooks_idle()
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", lambda metadata: None)
+    assert not hooks_idle()
+    bound(32, None)
+    monkeypatch.undo()
+    bound(48, None)
+    assert recorded.calls == [("general", 16), ("capture", 16), ("general", 32), ("direct", 48, "handles")]
+
+
+def test_hooks_idle_reads_triton_hook_chains(monkeypatch):
+    knobs = pytest.importorskip("triton").knobs
+    from attnops._common.fastpath import hooks_idle
+
+    chain = type(knobs.runtime.launch_enter_hook)()
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", chain)
+    assert hooks_idle()
+    chain.add(lambda metadata: None)
+    assert not hooks_idle()
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
+    assert hooks_idle()
+
+
+def test_memoised_signatures_get_a_bound_implementation_each(on_cuda):
+    dispatcher = Dispatcher("op", reference, lambda x, n: n)
+    made = []
+
+    def bind():
+        made.append(object())
+        return made[-1]
+
+    dispatcher.register("triton", bind=bind)(kernel)
+    x = torch.zeros(3)
+    first = dispatcher.prepare(None, x, 1)[1]
+    assert first is made[0] and dispatcher.prepare(None, torch.ones(3), 1)[1] is first
+    assert dispatcher.prepare(None, x, 2)[1] is made[1]  # another signature
+    assert dispatcher.prepare("torch", x, 1)[1] is reference  # an implementation without a binder
+    dispatcher.clear()
+    assert dispatcher.prepare(None, x, 1)[1] is made[2]
+
+
+def test_calls_outside_the_memo_run_the_implementation_itself(clean_environment, monkeypatch):
+    monkeypatch.setattr(backend_mod, "triton_interpreted", lambda: True)
+    dispatcher = Dispatcher("op", reference, lambda x, n: n)
+    dispatcher.register("triton", bind=lambda: pytest.fail("bound outside the memo"))(kernel)
+    assert dispatcher.prepare("triton", torch.zeros(3), 1) == (1, kernel)  # a CPU tensor

@@ -1,8 +1,8 @@
 """reshape_and_cache on the bench's cache cells, for A/B runs of launch constants (run on a GPU machine).
 
 PYTHONPATH=src python bench/tuning/cache_ab.py LABEL [NAME=VALUE ...]
-``NAME=VALUE`` sets an integer constant of ``attnops.cache.triton`` first (e.g. ``_TILE_BYTES=4096``). Each cell is the bench's (engine-like slots), timed eager and
-by CUDA-graph replay with the L2 flushed.
+``NAME=VALUE`` sets an integer constant of ``attnops.cache.triton`` first (e.g. ``_TILE_BYTES=4096``).
+Each cell is the bench's (engine-like slots), timed eager and by CUDA-graph replay, L2 flushed.
 """
 
 import sys

@@ -8,10 +8,11 @@ our host code up to Triton's C launcher, on CPU tensors of the SPEC §3 shapes. 
 - ``paged v1 1x1024`` …: the Triton implementation alone (validation and dispatch excluded);
 - ``public paged v1 1x1024`` …: the whole public call as vLLM makes it (``backend`` and
   ``ATTNOPS_BACKEND`` unset): the public wrapper, the memoised validation, the backend dispatch,
-  then the Triton implementation. The CPU stand-ins take the CUDA tensors' path: they count as
-  CUDA tensors for the memoised validation, whose paged checks read no values (as without
-  ``ATTNOPS_CHECK=1`` on a GPU), and each dispatcher's reference entry is its Triton
-  implementation (what ``"auto"`` picks on a GPU). Only this script is patched, never the library.
+  then the Triton implementation bound to the call's signature (its direct launches, after the
+  first call). The CPU stand-ins take the CUDA tensors' path: they count as CUDA tensors for the
+  memoised validation, whose paged checks read no values (as without ``ATTNOPS_CHECK=1`` on a
+  GPU), and each dispatcher's reference entry is its Triton implementation (what ``"auto"`` picks
+  on a GPU). Only this script is patched, never the library.
   ``public paged v1 1x1024 growing`` passes a ``max_seq_len`` one larger every call, as a decode loop does.
 
 Prints µs per call of each case; with a CASE name, a cProfile of it instead.

@@ -196,6 +196,20 @@ def test_fp8_caches(kv_cache_dtype, dtype):
     torch.testing.assert_close(got_lse.double(), lse, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_paged_decode_scales_default_to_one(kv_cache_dtype):
+    # An fp8 cache's missing scale reads as 1.0; an "auto" cache's are never read (nor made).
+    query, cache, _ = make_case([3, 30], 4, 2, 64, 8, torch.float16, kv_cache_dtype, seed=6)
+    args = (query, cache.key_cache, cache.value_cache, cache.block_tables, cache.seq_lens)
+    one = torch.ones(())
+    explicit = paged_decode(*args, kv_cache_dtype=kv_cache_dtype, k_scale=one, v_scale=one, return_lse=True)
+    for default in (
+        paged_decode(*args, kv_cache_dtype=kv_cache_dtype, k_scale=one, return_lse=True),
+        paged_decode(*args, kv_cache_dtype=kv_cache_dtype, return_lse=True),
+    ):
+        torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_v2_partitions_match_oracle_and_v1(dtype):
     seq_lens = [0, 1, 511, 512, 513, 1025]

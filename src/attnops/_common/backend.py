@@ -78,16 +78,34 @@ class Dispatcher:
         self.validate = validate
         # Position of the unkeyed argument (when passed by position; by keyword it is keyed by value).
         self._unkeyed = None if unkeyed is None else list(inspect.signature(validate).parameters).index(unkeyed)
+        # Implementation -> the factory of its per-signature bound implementations (see register).
+        self._binders: dict[Callable[..., Any], Callable[[], Callable[..., Any]]] = {}
         # (backend asked for, argument signature) -> (verdict, implementation), for CUDA calls.
         self._prepared: dict[tuple, tuple[Any, Callable[..., Any]]] = {}
 
-    def register(self, backend: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(
+        self, backend: str, bind: Callable[[], Callable[..., Any]] | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator adding ``fn`` as the implementation of ``backend``.
+
+        ``bind()``, when given, makes a fresh callable that stands for ``fn`` in one memo entry of
+        :meth:`prepare` (so for one argument signature, on CUDA, without value checks), made with
+        the entry: it may keep what ``fn`` derives from the signature (see
+        :class:`attnops._common.fastpath.Bound`). Calls outside the memo always run ``fn``.
+        """
+
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.impls[backend] = fn
-            self._prepared.clear()
+            if bind is not None:
+                self._binders[fn] = bind
+            self.clear()
             return fn
 
         return decorate
+
+    def clear(self) -> None:
+        """Forget every memoised call (and its bound implementation), e.g. after a change of launch constants."""
+        self._prepared.clear()
 
     def select(self, backend: str | None, device: torch.device) -> Callable[..., Any]:
         """The implementation to run for tensors on ``device``."""
@@ -110,15 +128,17 @@ class Dispatcher:
         The implementation is chosen for the device of ``args[0]``, a tensor in every op (the
         validator checks it and that the other tensors share its device). For CUDA tensors without
         value checks the pair is kept per backend asked for and argument :func:`signature`: one
-        lookup, ~7 µs of a ``paged_attention_v1`` call's Python (5 of them the signature) instead
+        lookup, ~7 µs of a ``paged_attention_v1`` call's Python (~5 of them the signature) instead
         of ~12 for a memoised validation and a separate dispatch (CPU,
-        ``bench/tuning/host_python.py``). The validator must depend on its arguments' metadata only
-        when values are not checked (as every validator does through
+        ``bench/tuning/host_python.py``). The implementation kept is bound to the signature where
+        its backend registered a binder (see :meth:`register`): the Triton kernels' host path then
+        costs ~5 µs instead of ~14. The validator must depend on its arguments' metadata only when
+        values are not checked (as every validator does through
         :func:`attnops._common.validate.values_checked`). Bad arguments and a bad backend name raise
         on every call, as failures are never kept.
         """
         name = requested_backend(backend)
-        key = None if checks_requested() else signature(self._keyed(args), kwargs)
+        key = None if checks_requested() else signature(args, kwargs, self._unkeyed)
         if key is None:
             return self._prepare(name, args, kwargs)
         key = (name, key)
@@ -127,18 +147,13 @@ class Dispatcher:
         except TypeError:  # an unhashable argument
             return self._prepare(name, args, kwargs)
         if prepared is None:
-            prepared = self._prepare(name, args, kwargs)
+            verdict, impl = self._prepare(name, args, kwargs)
+            bind = self._binders.get(impl)
+            prepared = (verdict, impl if bind is None else bind())
             if len(self._prepared) >= MAX_ENTRIES:
                 self._prepared.clear()
             self._prepared[key] = prepared
         return prepared
-
-    def _keyed(self, args: tuple) -> tuple:
-        """``args`` as :meth:`prepare` keys them: the unkeyed argument replaced by its type."""
-        at = self._unkeyed
-        if at is None or at >= len(args):
-            return args
-        return (*args[:at], type(args[at]), *args[at + 1 :])
 
     def _prepare(self, name: str, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Callable[..., Any]]:
         """:meth:`prepare` without the memo: validation first, so bad arguments raise before anything else."""

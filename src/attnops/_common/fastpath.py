@@ -5,10 +5,12 @@ devices, pointer alignment) repeat from step to step. Our argument checks, the b
 Triton's per-launch argument specialisation depend only on that metadata (and the backend asked
 for), yet cost tens of microseconds of Python a call: more than the GPU time of a small decode.
 They are therefore kept per metadata :func:`signature`: a validator's verdict with the
-implementation chosen (:meth:`attnops._common.backend.Dispatcher.prepare`) and a kernel's compiled
-handle (:class:`Launcher`, keyed by the launch's own integer arguments and pointer alignments).
-Value checks (``ATTNOPS_CHECK=1``), CPU tensors and fake tensors always take the full path, and
-keys never hold tensors.
+implementation chosen (:meth:`attnops._common.backend.Dispatcher.prepare`), that implementation
+bound to the signature (:class:`Bound`: after its first call, only the call's addresses are read,
+checked for 16-byte alignment and handed with the fixed arguments to the compiled handles,
+:meth:`Launcher.direct`), and a kernel's compiled handle (:class:`Launcher`, keyed by the launch's
+own integer arguments and pointer alignments). Value checks (``ATTNOPS_CHECK=1``), CPU tensors and
+fake tensors always take the full path, and keys never hold tensors.
 """
 
 from __future__ import annotations
@@ -31,25 +33,29 @@ MAX_ENTRIES = 4096
 _PLAIN = frozenset({int, str, type(None)})
 
 
-def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+def signature(args: tuple, kwargs: dict[str, Any], unkeyed: int | None = None) -> tuple | None:
     """The metadata of a call's arguments as a key; ``None`` when the call must not be memoised.
 
     Tensors, positional or by keyword, contribute dtype, shape, strides and device index (never
     themselves: a key must not keep a tensor alive, nor match it after an in-place change of its
     shape); other values contribute themselves (with their type, but for ints, strings and
-    ``None``), keyword names last. Only plain CUDA tensors
-    qualify: any other tensor (a CPU tensor, whose values validation reads; a fake tensor under
-    ``torch.compile``, a subclass) gives ``None``. ~4.4 µs for the 19 arguments (8 tensors) of
-    ``paged_attention_v1`` on a CPU, ~0.45 µs a tensor (``Tensor`` and ``append`` are bound
-    names: ~0.4 µs less than looking them up per argument).
+    ``None``), keyword names last; the positional argument at ``unkeyed``, its type alone. Only
+    calls whose first argument is a CUDA tensor qualify, and only plain tensors: any other (a fake
+    tensor under ``torch.compile``, a subclass) gives ``None``. The other tensors' device indices
+    (-1 on the CPU) are keyed, not also checked (a check cost ~65 ns a tensor): the validators check
+    that every tensor shares the first one's device, so a memoised signature has all of them on
+    CUDA (a CPU tensor's values are read by validation, which must then run every call). ~4.7 µs for the 19
+    arguments (8 tensors) of ``paged_attention_v1`` on a CPU, ~0.45 µs a tensor (``Tensor`` and
+    ``append`` are bound names: ~0.4 µs less than looking them up per argument).
     """
+    first = args[0] if args else None
+    if type(first) is not Tensor or not first.is_cuda:
+        return None
     key = []
     append = key.append
     for value in (*args, *kwargs.values()) if kwargs else args:
         kind = type(value)
         if kind is Tensor:
-            if not value.is_cuda:
-                return None
             append((value.dtype, value.shape, value.stride(), value.get_device()))
         elif kind in _PLAIN:
             append(value)
@@ -57,6 +63,8 @@ def signature(args: tuple, kwargs: dict[str, Any]) -> tuple | None:
             return None
         else:
             append((kind, value))
+    if unkeyed is not None and unkeyed < len(args):
+        key[unkeyed] = type(args[unkeyed])
     key.extend(kwargs)
     return tuple(key)
 
@@ -127,7 +135,7 @@ class Launcher:
             # Python-level driver queries.
             stream = torch._C._cuda_getCurrentRawStream(index)
             grid = (*grid, 1, 1)
-            if _hooks_idle():
+            if hooks_idle():
                 # What the handle's runner would do without launch hooks, minus its per-launch
                 # closure, hook lookups and hook metadata (microseconds of Python a launch).
                 compiled.run(
@@ -146,13 +154,35 @@ class Launcher:
                 self.compiled.clear()
             self.compiled[key] = (compiled, tail)
 
+    def direct(
+        self, key: tuple | None, grid: tuple[int, ...], pointers: tuple, scalars: tuple, device: torch.device
+    ) -> Callable[..., None] | None:
+        """A launch of ``key`` (as :meth:`launch` takes it) whose pointers are all 16-byte aligned, fixed
+        but for its stream, pointers and leading scalars: ``go(stream, *addresses, *leading)`` passes
+        them, then ``scalars`` and the constexprs, straight to the compiled handle's launcher.
 
-def _hook_set(hook: Any) -> bool:
-    """Whether a Triton launch hook does something: a function, or a chain of hooks that is not empty."""
-    if hook is None:
-        return False
-    calls = getattr(hook, "calls", None)
-    return calls is None or len(calls) > 0
+        ``pointers`` gives each pointer's dtype (a tensor, or its dtype) or ``None``. ``None`` until
+        such a launch has been compiled through :meth:`launch`, and for ``key=None``. The caller
+        checks, on every call, that its pointers are aligned and that no launch hook is set
+        (:func:`hooks_idle`).
+        """
+        if key is None:
+            return None
+        dtypes = [None if pointer is None else getattr(pointer, "dtype", pointer) for pointer in pointers]
+        hit = self.compiled.get((key, device.index, *dtypes))
+        if hit is None:
+            return None
+        compiled, tail = hit
+        run, function, metadata = compiled.run, compiled.function, compiled.packed_metadata
+        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
+        fixed = (*scalars, *tail)
+
+        def go(stream: int, *arguments: Any) -> None:
+            run(grid_x, grid_y, grid_z, stream, function, metadata, None, None, None, *arguments, *fixed)
+
+        # Triton unloads a kernel's module when its handle is freed (the launcher's cache may drop it).
+        go.compiled = compiled  # type: ignore[attr-defined]
+        return go
 
 
 @functools.cache
@@ -162,10 +192,75 @@ def _runtime_knobs() -> Any:
     return knobs.runtime
 
 
-def _hooks_idle() -> bool:
-    """Whether no launch hook (a profiler's, say) is registered with Triton, so launches may skip them."""
+def hooks_idle() -> bool:
+    """Whether no launch hook (a profiler's, say) is registered with Triton, so launches may skip them.
+
+    A hook is idle when it is ``None`` or a chain of hooks (Triton's ``HookChain``) with no calls; a
+    function, or any other object, is set. Inline, as every eager call asks (~0.25 µs on a CPU).
+    """
     runtime = _runtime_knobs()
-    return not (_hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook))
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return (enter is None or getattr(enter, "calls", None) == []) and (
+        leave is None or getattr(leave, "calls", None) == []
+    )
+
+
+def current_stream(index: int) -> int:
+    """The current CUDA stream of device ``index``, as the compiled handles take it."""
+    return torch._C._cuda_getCurrentRawStream(index)
+
+
+class _Fallback:
+    """What a direct call (see :class:`Bound`) returns when it launched nothing."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return self.reason
+
+
+# A pointer of the call is not 16-byte aligned: the captured handles were compiled for aligned ones.
+UNALIGNED = _Fallback("UNALIGNED")
+# Nothing captured yet (``handles`` is ``None``): the call's pointers are aligned, the general path
+# runs and the handles are captured after it.
+UNBOUND = _Fallback("UNBOUND")
+
+
+class Bound:
+    """An implementation bound to one memoised argument signature: direct launches after its first call.
+
+    Everything an implementation derives from its arguments' metadata (launch plan, keys, compiled
+    handles) is fixed by the signature that :meth:`attnops._common.backend.Dispatcher.prepare`
+    memoises, but for the pointers' alignment. A ``Bound`` is made per memo entry (see
+    :meth:`~attnops._common.backend.Dispatcher.register`): ``general(*args)`` is the implementation;
+    ``capture(*args)``, after a general call whose pointers were all 16-byte aligned, returns the
+    launches of such calls with their static arguments fixed (from :meth:`Launcher.direct`), or
+    ``None`` when it has none (an empty input, the interpreter); ``direct(handles, *args)`` reads the
+    call's addresses and returns :data:`UNALIGNED` (unless all are aligned) or :data:`UNBOUND` (while
+    ``handles`` is ``None``) before launching anything, else launches ``handles`` and returns the
+    result. A registered launch hook (a profiler's) sends every call through ``general``, whose
+    launches call it.
+    """
+
+    __slots__ = ("_capture", "_direct", "_general", "_handles")
+
+    def __init__(self, general: Callable[..., Any], direct: Callable[..., Any], capture: Callable[..., Any]) -> None:
+        self._general = general
+        self._direct = direct
+        self._capture = capture
+        self._handles: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        if not hooks_idle():
+            return self._general(*args)
+        result = self._direct(self._handles, *args)
+        if result is UNALIGNED:
+            return self._general(*args)
+        if result is UNBOUND:
+            result = self._general(*args)
+            self._handles = self._capture(*args)
+        return result
 
 
 @functools.cache

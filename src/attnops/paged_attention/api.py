@@ -12,7 +12,7 @@ import math
 import torch
 
 from attnops._common.backend import Dispatcher
-from attnops._common.dtypes import ATTENTION_DTYPES
+from attnops._common.dtypes import ATTENTION_DTYPES, is_fp8
 from attnops._common.registry import register_op
 from attnops._common.validate import (
     check_divisible,
@@ -416,11 +416,15 @@ def _paged_decode_op(
     )  # fmt: skip
     if max_seq_len is not None:
         _check_max_seq_len(max_seq_len)
-    one = torch.ones((), dtype=torch.float32, device=query.device)
+    # Only fp8 caches read the scales, whose default 1.0 must then be a tensor (on a GPU, a fill
+    # kernel and an allocation: microseconds that an "auto" cache's call skips).
+    if is_fp8(kv_cache_dtype) and (k_scale is None or v_scale is None):
+        one = torch.ones((), dtype=torch.float32, device=query.device)
+        k_scale = one if k_scale is None else k_scale
+        v_scale = one if v_scale is None else v_scale
     return impl(
         query, key_cache, value_cache, block_tables, seq_lens,
-        query.shape[2] ** -0.5 if scale is None else float(scale), alibi_slopes, kv_cache_dtype,
-        one if k_scale is None else k_scale, one if v_scale is None else v_scale,
+        query.shape[2] ** -0.5 if scale is None else float(scale), alibi_slopes, kv_cache_dtype, k_scale, v_scale,
     )  # fmt: skip
 
 

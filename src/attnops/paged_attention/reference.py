@@ -92,9 +92,10 @@ class Partitions:
 
 
 def _dense_fp32(
-    raw: torch.Tensor, kv_cache_dtype: str, scale: torch.Tensor, compute_dtype: torch.dtype
+    raw: torch.Tensor, kv_cache_dtype: str, scale: torch.Tensor | None, compute_dtype: torch.dtype
 ) -> torch.Tensor:
-    """A permuted view of gathered cache blocks as a contiguous fp32 tensor (fp8 dequantised)."""
+    """A permuted view of gathered cache blocks as a contiguous fp32 tensor (fp8 dequantised: only then is
+    ``scale`` read)."""
     if is_fp8(kv_cache_dtype):
         return fp8_dequantize(raw.contiguous(), kv_cache_dtype, scale, compute_dtype)
     # One pass that converts and lays out at once.
@@ -115,8 +116,8 @@ def partition_stats(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     sparse: BlockSparse | None = None,
     num_partitions: int | None = None,
 ) -> Partitions:
@@ -172,8 +173,8 @@ def _group_stats(
     blocks_per_span: int,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     sparse: BlockSparse | None,
     compute_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -307,10 +308,11 @@ def paged_decode(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode attention (query dtype) and its LSE, fp32 ``[num_heads, num_seqs]``."""
+    """Decode attention (query dtype) and its LSE, fp32 ``[num_heads, num_seqs]`` (the scales may be
+    ``None`` for an ``"auto"`` cache: only fp8 caches read them)."""
     partitions = partition_stats(
         query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype, k_scale, v_scale
     )

@@ -27,6 +27,7 @@ in CUDA graphs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -34,7 +35,16 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import sm_count, triton_interpreted
-from attnops._common.fastpath import MAX_ENTRIES, Launcher, cdiv, next_power_of_2
+from attnops._common.fastpath import (
+    MAX_ENTRIES,
+    UNALIGNED,
+    UNBOUND,
+    Bound,
+    Launcher,
+    cdiv,
+    current_stream,
+    next_power_of_2,
+)
 from attnops._common.fp8_bits import FP8_KINDS
 from attnops.paged_attention.api import _decode_dispatcher, _v1_dispatcher, _v2_dispatcher
 from attnops.paged_attention.reference import FLT_MAX, PARTITION_SIZE, SOFTMAX_EPS, BlockSparse
@@ -668,7 +678,8 @@ def _layout(
 
 
 class _Tensors(NamedTuple):
-    """The input tensors every partition launch of a call reads (dtypes in their place for a warm-up)."""
+    """The input tensors every partition launch of a call reads (dtypes in their place for a warm-up;
+    a plain tuple of their addresses on a bound call's direct path)."""
 
     query: torch.Tensor
     key_cache: torch.Tensor
@@ -697,6 +708,8 @@ class _Plan(NamedTuple):
     num_splits: int
     partition: _Step
     reduce: _Step | None
+    # fp32 elements of split statistics the call allocates (see _stats_offsets); 0 for none.
+    scratch: int
 
 
 def _launch_key(layout: _Layout, constexprs: dict[str, object], ints: tuple) -> tuple | None:
@@ -817,9 +830,10 @@ def _v1_plan(layout: _Layout, split: int | None, with_lse: bool) -> _Plan:
         chosen = _wave_split(pairs, layout.capacity, _resident_programs(layout) * sm_count(layout.device))
     num_splits = cdiv(layout.capacity, chosen)
     if num_splits <= 1:
-        return _Plan(chosen, 1, _partition_step(layout, chosen, 1, many, True, False, with_lse), None)
+        return _Plan(chosen, 1, _partition_step(layout, chosen, 1, many, True, False, with_lse), None, 0)
     partition = _partition_step(layout, chosen, num_splits, many, False, False, False)
-    return _Plan(chosen, num_splits, partition, _reduce_step(layout, chosen, num_splits, 0, with_lse))
+    reduce = _reduce_step(layout, chosen, num_splits, 0, with_lse)
+    return _Plan(chosen, num_splits, partition, reduce, _scratch_size(layout, num_splits))
 
 
 @functools.lru_cache(maxsize=MAX_ENTRIES)
@@ -833,21 +847,62 @@ def _v2_plan(layout: _Layout, split: int | None, num_partitions: int) -> _Plan:
     many = _many_programs(layout.num_seqs * layout.num_kv_heads * num_splits, layout.device)
     partition = _partition_step(layout, split, num_splits, many, False, whole, False)
     reduce = _reduce_step(layout, split, num_splits, 0 if whole else num_partitions, False, whole)
-    return _Plan(split, num_splits, partition, reduce)
+    return _Plan(split, num_splits, partition, reduce, _scratch_size(layout, num_splits))
 
 
 def _clear_plans() -> None:
-    """Forget every plan and resident-program count (after a change of the launch constants)."""
+    """Forget every plan and resident-program count (after a change of the launch constants), and the
+    bound implementations of memoised calls, which keep their plans' launches."""
     _v1_plan.cache_clear()
     _v2_plan.cache_clear()
     _residents.clear()
+    for dispatcher in (_v1_dispatcher, _v2_dispatcher, _decode_dispatcher):
+        dispatcher.clear()
 
 
-def _scratch(layout: _Layout, num_splits: int) -> torch.Tensor:
-    """fp32 scratch for every split's max logit, exp sum and output, in this order (see
+def _scratch_size(layout: _Layout, num_splits: int) -> int:
+    """fp32 elements of every split's max logit, exp sum and output, in this order (see
     :func:`_stats_offsets`): one allocation, carved in the kernels (slicing costs microseconds a call)."""
     rows = layout.num_seqs * layout.num_heads * num_splits
-    return torch.empty(rows * (layout.head_size + 2), dtype=torch.float32, device=layout.device)
+    return rows * (layout.head_size + 2)
+
+
+def _scratch(plan: _Plan, device: torch.device) -> torch.Tensor:
+    """A call's split statistics (see :func:`_scratch_size`)."""
+    return torch.empty(plan.scratch, dtype=torch.float32, device=device)
+
+
+def _v1_pointers(tensors: _Tensors, fp8: bool, out: object, lse: object, scratch: object) -> tuple[tuple, tuple | None]:
+    """The pointers of v1's (and ``paged_decode``'s) launches: straight into ``out`` (and ``lse``) without
+    ``scratch`` (one split, no reduction), else through the split statistics in ``scratch``. Tensors,
+    or their addresses (a bound call's direct path), or dtypes (to find compiled launches)."""
+    if scratch is None:
+        return _partition_pointers(tensors, fp8, None, None, out, lse), None
+    stats = (scratch,) * 3
+    return _partition_pointers(tensors, fp8, stats, None, out, lse), (out, lse, *stats, None, None, None, tensors[4])
+
+
+def _v2_pointers(
+    tensors: _Tensors,
+    fp8: bool,
+    whole: bool,
+    out: object,
+    exp_sums: object,
+    max_logits: object,
+    tmp_out: object,
+    scratch: object,
+) -> tuple[tuple, tuple]:
+    """The pointers of v2's launches (as :func:`_v1_pointers` takes them). ``whole`` partitions: the
+    partition kernel writes their statistics and ``tmp_out``, the reduction only ``out``; sub-splits:
+    the reduction folds their statistics (in ``scratch``) into the partitions'."""
+    seq_lens = tensors[4]
+    if whole:
+        stats = (max_logits, exp_sums, scratch)
+        partition = _partition_pointers(tensors, fp8, stats, tmp_out, out, None)
+        return partition, (out, None, *stats, None, None, None, seq_lens)
+    stats = (scratch,) * 3
+    partition = _partition_pointers(tensors, fp8, stats, None, out, None)
+    return partition, (out, None, *stats, max_logits, exp_sums, tmp_out, seq_lens)
 
 
 def _launch(
@@ -874,8 +929,8 @@ def _attention(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     sparse: BlockSparse | None,
     split: int | None,
 ) -> None:
@@ -886,16 +941,138 @@ def _attention(
     layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
     plan = _v1_plan(layout, split, lse is not None)
     tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
-    fp8 = FP8_KINDS[kv_cache_dtype] != 0
-    if plan.reduce is None:
-        _launch(plan, scale, _partition_pointers(tensors, fp8, None, None, out, lse), None, layout.device)
-        return
-    stats = (_scratch(layout, plan.num_splits),) * 3
-    partition_pointers = _partition_pointers(tensors, fp8, stats, None, out, lse)
-    _launch(plan, scale, partition_pointers, (out, lse, *stats, None, None, None, seq_lens), layout.device)
+    scratch = _scratch(plan, layout.device) if plan.scratch else None
+    pointers = _v1_pointers(tensors, FP8_KINDS[kv_cache_dtype] != 0, out, lse, scratch)
+    _launch(plan, scale, *pointers, layout.device)
 
 
-@_v1_dispatcher.register("triton")
+class _Handles(NamedTuple):
+    """A bound call's direct launches (see :class:`attnops._common.fastpath.Bound`) and what else they need."""
+
+    index: int
+    scratch: int
+    # v2's whole partitions (see _v2_pointers).
+    whole: bool
+    partition: Callable[..., None]
+    reduce: Callable[..., None] | None
+
+
+def _handles(plan: _Plan, pointers: tuple[tuple, tuple | None], device: torch.device) -> _Handles | None:
+    """``plan``'s launches with the (dtypes of) ``pointers`` all 16-byte aligned, once compiled."""
+    step = plan.partition
+    partition = _partition_launcher.direct(step.key, step.grid, pointers[0], step.scalars, device)
+    if partition is None:
+        return None
+    reduce = None
+    if plan.reduce is not None:
+        step = plan.reduce
+        reduce = _reduce_launcher.direct(step.key, step.grid, pointers[1], step.scalars, device)
+        if reduce is None:
+            return None
+    return _Handles(device.index, plan.scratch, plan.split == PARTITION_SIZE, partition, reduce)
+
+
+def _input_addresses(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+) -> tuple[tuple, int]:
+    """The addresses of a call's inputs in :class:`_Tensors`' order (``None`` for the scales unless fp8:
+    the kernel never reads them, and their alignment must not matter), and their bitwise or."""
+    addresses = (
+        query.data_ptr(), key_cache.data_ptr(), value_cache.data_ptr(), block_tables.data_ptr(), seq_lens.data_ptr(),
+    )  # fmt: skip
+    mask = addresses[0] | addresses[1] | addresses[2] | addresses[3] | addresses[4]
+    alibi = None
+    if alibi_slopes is not None:
+        alibi = alibi_slopes.data_ptr()
+        mask |= alibi
+    if FP8_KINDS[kv_cache_dtype] == 0:
+        return (*addresses, alibi, None, None), mask
+    scales = (k_scale.data_ptr(), v_scale.data_ptr())
+    return (*addresses, alibi, *scales), mask | scales[0] | scales[1]
+
+
+def _attention_direct(
+    handles: _Handles | None,
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+    sparse: BlockSparse | None,
+    lse: torch.Tensor | None = None,
+) -> object:
+    """v1 (arguments as :func:`paged_attention_v1` takes them) and, with ``lse``, ``paged_decode``
+    through captured ``handles`` (see :class:`attnops._common.fastpath.Bound`)."""
+    inputs, mask = _input_addresses(
+        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, kv_cache_dtype, k_scale, v_scale
+    )
+    out_address = out.data_ptr()
+    lse_address = None if lse is None else lse.data_ptr()
+    if (mask | out_address | (lse_address or 0)) & 15:
+        return UNALIGNED
+    if handles is None:
+        return UNBOUND
+    stream = current_stream(handles.index)
+    # The addresses hold None for the scales unless fp8: _v1_pointers need not be told.
+    if not handles.scratch:
+        partition, _ = _v1_pointers(inputs, True, out_address, lse_address, None)
+        handles.partition(stream, *partition, scale)
+        return None
+    scratch = out.new_empty(handles.scratch, dtype=torch.float32).data_ptr()
+    if scratch & 15:
+        return UNALIGNED
+    partition, reduce = _v1_pointers(inputs, True, out_address, lse_address, scratch)
+    handles.partition(stream, *partition, scale)
+    handles.reduce(stream, *reduce)
+    return None
+
+
+def _attention_capture(
+    out: torch.Tensor | torch.dtype,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+    sparse: BlockSparse | None,
+    lse: torch.Tensor | torch.dtype | None = None,
+) -> _Handles | None:
+    """The handles of :func:`_attention`'s launches for this call's signature (``out``, ``lse``: tensors
+    or dtypes; arguments as :func:`_attention_direct` takes them)."""
+    if query.shape[0] == 0:
+        return None
+    layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
+    plan = _v1_plan(layout, None, lse is not None)
+    tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
+    scratch = torch.float32 if plan.scratch else None
+    return _handles(plan, _v1_pointers(tensors, FP8_KINDS[kv_cache_dtype] != 0, out, lse, scratch), layout.device)
+
+
+def _bind_v1() -> Bound:
+    """:func:`paged_attention_v1` bound to one memoised signature (no ``split``: the public call passes none)."""
+    return Bound(paged_attention_v1, _attention_direct, _attention_capture)
+
+
+@_v1_dispatcher.register("triton", bind=_bind_v1)
 def paged_attention_v1(
     out: torch.Tensor,
     query: torch.Tensor,
@@ -922,7 +1099,79 @@ def paged_attention_v1(
     )  # fmt: skip
 
 
-@_v2_dispatcher.register("triton")
+def _v2_direct(
+    handles: _Handles | None,
+    out: torch.Tensor,
+    exp_sums: torch.Tensor,
+    max_logits: torch.Tensor,
+    tmp_out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+    sparse: BlockSparse | None,
+) -> object:
+    """:func:`paged_attention_v2` through captured ``handles`` (see :class:`attnops._common.fastpath.Bound`)."""
+    inputs, mask = _input_addresses(
+        query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, kv_cache_dtype, k_scale, v_scale
+    )
+    outputs = (out.data_ptr(), exp_sums.data_ptr(), max_logits.data_ptr(), tmp_out.data_ptr())
+    if (mask | outputs[0] | outputs[1] | outputs[2] | outputs[3]) & 15:
+        return UNALIGNED
+    if handles is None:
+        return UNBOUND
+    scratch = out.new_empty(handles.scratch, dtype=torch.float32).data_ptr()
+    if scratch & 15:
+        return UNALIGNED
+    # The addresses hold None for the scales unless fp8: _v2_pointers need not be told.
+    partition, reduce = _v2_pointers(inputs, True, handles.whole, *outputs, scratch)
+    stream = current_stream(handles.index)
+    handles.partition(stream, *partition, scale)
+    handles.reduce(stream, *reduce)
+    return None
+
+
+def _v2_capture(
+    out: torch.Tensor,
+    exp_sums: torch.Tensor,
+    max_logits: torch.Tensor,
+    tmp_out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+    sparse: BlockSparse | None,
+) -> _Handles | None:
+    """The handles of :func:`paged_attention_v2`'s launches for this call's signature."""
+    if query.shape[0] == 0:
+        return None
+    layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
+    plan = _v2_plan(layout, None, exp_sums.shape[2])
+    tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
+    fp8 = FP8_KINDS[kv_cache_dtype] != 0
+    whole = plan.split == PARTITION_SIZE
+    pointers = _v2_pointers(tensors, fp8, whole, out, exp_sums, max_logits, tmp_out, torch.float32)
+    return _handles(plan, pointers, layout.device)
+
+
+def _bind_v2() -> Bound:
+    """:func:`paged_attention_v2` bound to one memoised signature (no ``split``: the public call passes none)."""
+    return Bound(paged_attention_v2, _v2_direct, _v2_capture)
+
+
+@_v2_dispatcher.register("triton", bind=_bind_v2)
 def paged_attention_v2(
     out: torch.Tensor,
     exp_sums: torch.Tensor,
@@ -952,21 +1201,67 @@ def paged_attention_v2(
         return
     layout = _layout(query, key_cache, value_cache, block_tables, alibi_slopes, kv_cache_dtype, sparse)
     plan = _v2_plan(layout, split, exp_sums.shape[2])
-    stats = (_scratch(layout, plan.num_splits),) * 3
     tensors = _Tensors(query, key_cache, value_cache, block_tables, seq_lens, alibi_slopes, k_scale, v_scale)
-    fp8 = FP8_KINDS[kv_cache_dtype] != 0
-    if plan.split == PARTITION_SIZE:
-        # Whole partitions: the partition kernel writes their statistics and tmp_out.
-        stats = (max_logits, exp_sums, stats[2])
-        partition_pointers = _partition_pointers(tensors, fp8, stats, tmp_out, out, None)
-        reduce_pointers = (out, None, *stats, None, None, None, seq_lens)
-    else:
-        partition_pointers = _partition_pointers(tensors, fp8, stats, None, out, None)
-        reduce_pointers = (out, None, *stats, max_logits, exp_sums, tmp_out, seq_lens)
-    _launch(plan, scale, partition_pointers, reduce_pointers, layout.device)
+    pointers = _v2_pointers(
+        tensors, FP8_KINDS[kv_cache_dtype] != 0, plan.split == PARTITION_SIZE, out, exp_sums, max_logits, tmp_out,
+        _scratch(plan, layout.device),
+    )  # fmt: skip
+    _launch(plan, scale, *pointers, layout.device)
 
 
-@_decode_dispatcher.register("triton")
+def _decode_outputs(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``paged_decode``'s ``(out, lse)``, to be written."""
+    num_seqs, num_heads, _ = query.shape
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    return out, torch.empty((num_heads, num_seqs), dtype=torch.float32, device=query.device)
+
+
+def _decode_direct(
+    handles: _Handles | None,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+) -> object:
+    """:func:`paged_decode` through captured ``handles`` (see :class:`attnops._common.fastpath.Bound`)."""
+    out, lse = _decode_outputs(query)
+    fallback = _attention_direct(
+        handles, out, query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
+        k_scale, v_scale, None, lse,
+    )  # fmt: skip
+    return (out, lse) if fallback is None else fallback
+
+
+def _decode_capture(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    alibi_slopes: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+) -> _Handles | None:
+    return _attention_capture(
+        query.dtype, query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
+        k_scale, v_scale, None, torch.float32,
+    )  # fmt: skip
+
+
+def _bind_decode() -> Bound:
+    """:func:`paged_decode` bound to one memoised signature (no ``split``: the public call passes none)."""
+    return Bound(paged_decode, _decode_direct, _decode_capture)
+
+
+@_decode_dispatcher.register("triton", bind=_bind_decode)
 def paged_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -976,17 +1271,15 @@ def paged_decode(
     scale: float,
     alibi_slopes: torch.Tensor | None,
     kv_cache_dtype: str,
-    k_scale: torch.Tensor,
-    v_scale: torch.Tensor,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
     split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`attnops.paged_attention.reference.paged_decode` on Triton: ``(out, lse [num_heads, num_seqs])``.
 
-    ``split``: tokens per program, as in :func:`paged_attention_v1`.
+    ``split``: tokens per program, as in :func:`paged_attention_v1`. The scales are read for fp8 caches only.
     """
-    num_seqs, num_heads, _ = query.shape
-    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
-    lse = torch.empty((num_heads, num_seqs), dtype=torch.float32, device=query.device)
+    out, lse = _decode_outputs(query)
     _attention(
         out, lse, query, key_cache, value_cache, block_tables, seq_lens, scale, alibi_slopes, kv_cache_dtype,
         k_scale, v_scale, None, split,
