@@ -52,6 +52,10 @@ class RecordingKernel:
     def __getitem__(self, grid):
         def jit(*args, **constexprs):
             compiled = RecordingCompiled(self.name, self.log)
+            # The launch's pointers lead its arguments: tensors, or None for those it never reads.
+            compiled.pointers = next(
+                (i for i, arg in enumerate(args) if not (arg is None or isinstance(arg, torch.Tensor))), len(args)
+            )
             self.log.append(Launch(self.name, "jit", compiled, tuple(grid), args))
             return compiled
 
@@ -71,12 +75,14 @@ def record_launches(monkeypatch, module, names: tuple[str, ...]) -> list[Launch]
 
 
 def named(launches: list[Launch], **tensors: torch.Tensor) -> list[tuple]:
-    """``launches`` with each address (an int past 2**32) of one of ``tensors`` as its name, others (a
-    scratch buffer) as ``"scratch+"`` their offset from the 64-byte alignment of CPU allocations."""
+    """``launches`` with each address (a pointer argument of a compiled launch) of one of ``tensors`` as
+    its name, others (a scratch buffer) as ``"scratch+"`` their offset from the 64-byte alignment of
+    CPU allocations. Addresses are told by position, not size: a CPU heap may sit below 2**32."""
     names = {tensor.data_ptr(): name for name, tensor in tensors.items()}
     result = []
     for launch in launches:
         stream, *args = launch.args
-        args = [names.get(a, f"scratch+{a % 64}") if type(a) is int and a >= 2**32 else a for a in args]
+        pointers = launch.compiled.pointers
+        args = [names.get(a, f"scratch+{a % 64}") if i < pointers and type(a) is int else a for i, a in enumerate(args)]
         result.append((launch.kernel, launch.compiled, launch.grid, stream, *args))
     return result
