@@ -328,6 +328,45 @@ def test_few_keys_between_the_bounds_are_ranked_among_themselves(device, small_s
         assert ranked == (pair_cap > 0 and small_sizes == "tiles")
 
 
+FLT_MAX = torch.finfo(torch.float32).max
+
+# Rows whose count of keys above a value is far from a normal fit (the searches' guide) or from a
+# straight line between two values, or whose bracket ends have no finite value.
+AWKWARD = {
+    "clustered": lambda n, g: torch.where(
+        torch.rand(n, generator=g) < 0.5, 1.0 + 1e-6 * torch.randn(n, generator=g), 1e6 * torch.randn(n, generator=g)
+    ),
+    "huge_range": lambda n, g: torch.randn(n, generator=g).sign() * (torch.randn(n, generator=g) * 30).exp(),
+    "extremes": lambda n, g: torch.tensor([-FLT_MAX, FLT_MAX, 1e-45, -1e-45, 0.0, 1.0])[
+        torch.randint(0, 6, (n,), generator=g)
+    ],
+    "exponential": lambda n, g: torch.empty(n).exponential_(generator=g),
+    "bimodal": lambda n, g: torch.randn(n, generator=g) + 8 * (torch.rand(n, generator=g) < 0.1),
+    # A tenth of the row above 5, then 40 % of it at exactly 1.0: the k-th key is shared.
+    "ties_at_threshold": lambda n, g: torch.where(
+        torch.rand(n, generator=g) < 0.1,
+        5 + torch.rand(n, generator=g),
+        torch.where(torch.rand(n, generator=g) < 0.45, 1.0, torch.rand(n, generator=g) - 1),
+    ),
+    "infinities_and_nans": lambda n, g: (
+        torch.tensor([INF, -INF, float("nan"), 0.5])[torch.randint(0, 4, (n,), generator=g)]
+        + torch.rand(n, generator=g)
+    ),
+    "constant": lambda n, g: torch.full((n,), 0.75),
+}
+
+
+@pytest.mark.parametrize("kind", AWKWARD)
+@pytest.mark.parametrize("k", [1, 50])
+def test_rows_of_awkward_distributions(device, sizes, kind, k):
+    g = torch.Generator().manual_seed(k)
+    n = 300
+    logits = torch.stack([AWKWARD[kind](n, g) for _ in range(3)]).to(device)
+    logits[2, ::2] = nan_with_sign(True)
+    run_prefill(logits, [0, 3, 0], [n, n, 120], k)
+    run_decode(logits, 1, [n, n - 1, 150], 3, k)
+
+
 def test_auto_dispatches_to_triton_only_for_cuda(device, monkeypatch):
     monkeypatch.delenv("ATTNOPS_BACKEND", raising=False)
     for dispatcher, kernel in [
@@ -346,11 +385,17 @@ def test_hypothesis_against_exact_selection(data):
     num_rows = data.draw(st.integers(1, 4))
     width = data.draw(st.integers(1, 260))
     k = data.draw(st.integers(1, 80))
-    pool = data.draw(st.sampled_from([None, [0.0, 1.0], [-INF, 0.5, INF, -0.0, 0.0]]))
+    extremes = [-FLT_MAX, -1.0, -1e-45, 1e-45, 1.0, 1.0 + 2**-23, FLT_MAX, float("nan")]
+    pool = data.draw(st.sampled_from([None, "scaled", [0.0, 1.0], [-INF, 0.5, INF, -0.0, 0.0], extremes]))
     seed = data.draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
     if pool is None:
         logits = torch.randn(num_rows, width, generator=g)
+    elif pool == "scaled":
+        # Magnitudes over most of the fp32 range: far from the normal fit that guides the searches.
+        logits = torch.randn(num_rows, width, generator=g) * 10.0 ** torch.randint(
+            -30, 30, (num_rows, width), generator=g
+        )
     else:
         logits = torch.tensor(pool)[torch.randint(0, len(pool), (num_rows, width), generator=g)]
     starts = [data.draw(st.integers(0, width)) for _ in range(num_rows)]
