@@ -35,27 +35,29 @@ def measure_peak_bandwidth(
     device: torch.device, *, nbytes: int | None = None, budget_ms: float = 500.0
 ) -> BandwidthProbe:
     """Time ``dst.copy_(src)`` of ``nbytes`` bytes on ``device``."""
-    if nbytes is None:
-        nbytes = DEFAULT_PROBE_BYTES.get(device.type, DEFAULT_PROBE_BYTES["cpu"])
-    numel = max(1, nbytes // 4)
-    src = torch.ones(numel, dtype=torch.float32, device=device)
+    src = _source(device, nbytes)
     dst = torch.empty_like(src)
-    timing = time_fn(lambda: dst.copy_(src), device, budget_ms=budget_ms)
-    moved = 2 * numel * 4
-    return BandwidthProbe(moved, timing.median_us, gbps(moved, timing.median_us))
+    return _probe(lambda: dst.copy_(src), 2 * src.nbytes, device, budget_ms)
 
 
 def measure_read_bandwidth(
     device: torch.device, *, nbytes: int | None = None, budget_ms: float = 500.0
 ) -> BandwidthProbe:
     """Time ``torch.sum`` of ``nbytes`` bytes of fp32 on ``device`` (bytes read; the one-value result aside)."""
+    src = _source(device, nbytes)
+    total = torch.empty((), dtype=torch.float32, device=device)
+    return _probe(lambda: torch.sum(src, dim=0, out=total), src.nbytes, device, budget_ms)
+
+
+def _source(device: torch.device, nbytes: int | None) -> torch.Tensor:
+    """The probes' fp32 buffer of ``nbytes`` bytes (the device's default size for ``None``)."""
     if nbytes is None:
         nbytes = DEFAULT_PROBE_BYTES.get(device.type, DEFAULT_PROBE_BYTES["cpu"])
-    numel = max(1, nbytes // 4)
-    src = torch.ones(numel, dtype=torch.float32, device=device)
-    total = torch.empty((), dtype=torch.float32, device=device)
-    timing = time_fn(lambda: torch.sum(src, dim=0, out=total), device, budget_ms=budget_ms)
-    moved = numel * 4
+    return torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
+
+
+def _probe(call, moved: int, device: torch.device, budget_ms: float) -> BandwidthProbe:
+    timing = time_fn(call, device, budget_ms=budget_ms)
     return BandwidthProbe(moved, timing.median_us, gbps(moved, timing.median_us))
 
 
