@@ -10,18 +10,30 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnops import merge_attn_states, paged_attention_v1, paged_attention_v2, paged_decode
+from attnops import (
+    merge_attn_states,
+    paged_attention_v1,
+    paged_attention_v2,
+    paged_decode,
+    top_k_per_row_decode,
+    top_k_per_row_prefill,
+)
 from attnops._common import backend as backend_mod
 from attnops.cache import make_paged_kv_cache
 from attnops.merge import api as merge_api
 from attnops.merge import triton as merge_kernels
 from attnops.paged_attention import api as paged_api
 from attnops.paged_attention import triton as paged_kernels
+from attnops.topk import api as topk_api
+from attnops.topk import triton as topk_kernels
 from helpers.launches import named, record_launches
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-DISPATCHERS = (paged_api._v1_dispatcher, paged_api._v2_dispatcher, paged_api._decode_dispatcher, merge_api._dispatcher)
+DISPATCHERS = (
+    paged_api._v1_dispatcher, paged_api._v2_dispatcher, paged_api._decode_dispatcher, merge_api._dispatcher,
+    topk_api._prefill_dispatcher, topk_api._decode_dispatcher,
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -239,6 +251,87 @@ def test_bound_merge_launches_what_the_general_path_launches(monkeypatch, as_cud
     assert launches[-1].how == "jit" and launches[-1].compiled is not general[0].compiled
 
 
+@pytest.fixture
+def topk_launches(monkeypatch, as_cuda):
+    topk_kernels._plan.cache_clear()
+    yield record_launches(monkeypatch, topk_kernels, ("_chunk_launcher", "_finish_launcher"))
+    topk_kernels._plan.cache_clear()
+
+
+@pytest.fixture
+def topk_general(monkeypatch):
+    """Counts the general path's calls (which bound calls skip)."""
+    made = []
+    launch = topk_kernels._launch
+    monkeypatch.setattr(topk_kernels, "_launch", lambda *args: made.append(1) or launch(*args))
+    return made
+
+
+def topk_inputs(width: int, prefill: bool, per_row: bool = False, rows: int = 3) -> dict:
+    """A public top-k call's arguments over ``rows`` rows of ``width`` (more than 8192: chunk programs)."""
+    logits = torch.randn(rows, width)
+    common = dict(raw_topk_indices=torch.empty(rows, 16, dtype=torch.int32), num_rows=rows, stride0=width, stride1=1)
+    if prefill:
+        starts = torch.tensor([0, 3, 0], dtype=torch.int32)[:rows]
+        ends = torch.tensor([width, width, 120], dtype=torch.int32)[:rows]
+        return dict(logits=logits, cu_seqlen_ks=starts, cu_seqlen_ke=ends, **common, topk_tokens=16)
+    lens = torch.tensor([width, width - 5, 7], dtype=torch.int32)[:rows]
+    return dict(logits=logits, next_n=1, seq_lens=lens[:, None] if per_row else lens, **common, topk_tokens=16)
+
+
+TOPK_CASES = [
+    pytest.param(True, False, 20000, id="prefill chunks"),
+    pytest.param(False, False, 20000, id="decode chunks"),
+    pytest.param(False, True, 20000, id="decode per-row lengths"),
+    pytest.param(False, False, 300, id="decode short rows"),
+]
+
+
+@pytest.mark.parametrize(("prefill", "per_row", "width"), TOPK_CASES)
+def test_bound_topk_launches_what_the_general_path_launches(topk_launches, topk_general, prefill, per_row, width):
+    arguments = topk_inputs(width, prefill, per_row)
+    general_fn = topk_kernels.top_k_per_row_prefill if prefill else topk_kernels.top_k_per_row_decode
+    public = top_k_per_row_prefill if prefill else top_k_per_row_decode
+    for _ in range(2):  # compiles, then launches the compiled handles
+        general_fn(**arguments)
+    launches = 2 if width > topk_kernels._SHORT_ROW else 1
+    general = topk_launches[-launches:]
+    topk_launches.clear()
+    public(**arguments)  # the general path, then the handles are captured
+    made = len(topk_general)
+    public(**arguments)
+    assert len(topk_general) == made  # the bound call went straight to the handles
+    assert [launch.how for launch in topk_launches] == ["run"] * 2 * launches
+    tensors = tensors_of(arguments)
+    assert named(topk_launches[-launches:], **tensors) == named(general, **tensors)
+
+
+def test_topk_storage_past_2_31_elements_takes_the_general_path(topk_launches, topk_general, monkeypatch):
+    arguments = topk_inputs(20000, prefill=False)
+    for _ in range(2):
+        top_k_per_row_decode(**arguments)
+    bound = topk_launches[-1].compiled
+    made = len(topk_general)
+    # The same signature over a logits storage of 2**31 elements or more: int64 offsets, another plan.
+    wide = [True]
+    storage_elements = topk_kernels.storage_elements
+    monkeypatch.setattr(topk_kernels, "storage_elements", lambda logits: 2**31 if wide[0] else storage_elements(logits))
+    top_k_per_row_decode(**arguments)
+    assert len(topk_general) == made + 1
+    assert topk_launches[-1].how == "jit" and topk_launches[-1].args[-4] == 2**31  # available
+    wide[0] = False
+    top_k_per_row_decode(**arguments)
+    assert topk_launches[-1].compiled is bound and len(topk_general) == made + 1
+
+
+def test_topk_prefill_bounds_of_two_strides_are_never_bound(topk_launches, topk_general):
+    arguments = topk_inputs(300, prefill=True)
+    arguments["cu_seqlen_ke"] = torch.stack([arguments["cu_seqlen_ke"]] * 2, dim=1)[:, 0]  # stride 2
+    for _ in range(3):
+        top_k_per_row_prefill(**arguments)
+    assert len(topk_general) == 3  # the general path copies the bounds to one stride every call
+
+
 def gpu_paged_inputs(seq_lens, kv_cache_dtype="auto"):
     cache = make_paged_kv_cache(seq_lens, 2, 128, 16, torch.bfloat16, kv_cache_dtype=kv_cache_dtype, device="cuda")
     # A query that is a view of a wider qkv buffer, as vLLM passes it.
@@ -309,6 +402,25 @@ def test_eager_merges_match_the_reference_over_repeated_calls(monkeypatch):
         reference.merge_attn_states(expected, prefix, lse[0], suffix, lse[1], expected_lse, None, None)
         torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)
         torch.testing.assert_close(out_lse, expected_lse)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("width", [300, 20000], ids=["short rows", "chunks"])
+def test_eager_topk_matches_torch_topk_over_repeated_calls(monkeypatch, width):
+    monkeypatch.delenv("ATTNOPS_CHECK", raising=False)
+    rows, k = 4, 64
+    out = torch.empty(rows, k, dtype=torch.int32, device="cuda")
+    for step in range(4):
+        logits = torch.randn(rows, width, device="cuda")
+        if step == 3:
+            logits = unaligned_copy(logits)
+        lens = torch.randint(k, width + 1, (rows,), dtype=torch.int32, device="cuda")
+        top_k_per_row_decode(logits, 1, lens, out, rows, width, 1, k)
+        for row in range(rows):
+            valid = logits[row, : int(lens[row])]
+            want = valid.topk(k).values.sort().values
+            assert torch.equal(valid[out[row].long()].sort().values, want)
 
 
 @pytest.mark.gpu

@@ -225,6 +225,9 @@ UNALIGNED = _Fallback("UNALIGNED")
 # Nothing captured yet (``handles`` is ``None``): the call's pointers are aligned, the general path
 # runs and the handles are captured after it.
 UNBOUND = _Fallback("UNBOUND")
+# The call needs another launch plan than the captured one, from something its signature does not
+# fix (top-k: a logits storage on the other side of 2**31 elements): the general path runs.
+UNPLANNED = _Fallback("UNPLANNED")
 
 
 class Bound:
@@ -232,15 +235,16 @@ class Bound:
 
     Everything an implementation derives from its arguments' metadata (launch plan, keys, compiled
     handles) is fixed by the signature that :meth:`attnops._common.backend.Dispatcher.prepare`
-    memoises, but for the pointers' alignment. A ``Bound`` is made per memo entry (see
+    memoises, but for the pointers' alignment (and, for top-k, which side of 2**31 elements the
+    logits' storage ends). A ``Bound`` is made per memo entry (see
     :meth:`~attnops._common.backend.Dispatcher.register`): ``general(*args)`` is the implementation;
     ``capture(*args)``, after a general call whose pointers were all 16-byte aligned, returns the
     launches of such calls with their static arguments fixed (from :meth:`Launcher.direct`), or
     ``None`` when it has none (an empty input, the interpreter); ``direct(handles, *args)`` reads the
-    call's addresses and returns :data:`UNALIGNED` (unless all are aligned) or :data:`UNBOUND` (while
-    ``handles`` is ``None``) before launching anything, else launches ``handles`` and returns the
-    result. A registered launch hook (a profiler's) sends every call through ``general``, whose
-    launches call it.
+    call's addresses and returns :data:`UNALIGNED` (unless all are aligned), :data:`UNBOUND` (while
+    ``handles`` is ``None``) or :data:`UNPLANNED` (the call needs another plan) before launching
+    anything, else launches ``handles`` and returns the result. A registered launch hook (a
+    profiler's) sends every call through ``general``, whose launches call it.
     """
 
     __slots__ = ("_capture", "_direct", "_general", "_handles")
@@ -255,7 +259,7 @@ class Bound:
         if not hooks_idle():
             return self._general(*args)
         result = self._direct(self._handles, *args)
-        if result is UNALIGNED:
+        if result is UNALIGNED or result is UNPLANNED:
             return self._general(*args)
         if result is UNBOUND:
             result = self._general(*args)

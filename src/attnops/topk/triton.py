@@ -38,6 +38,7 @@ Two launches, with grids and scratch sizes from shapes only and no host synchron
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -45,7 +46,17 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import sm_count, triton_interpreted
-from attnops._common.fastpath import MAX_ENTRIES, Launcher, cdiv, next_power_of_2
+from attnops._common.fastpath import (
+    MAX_ENTRIES,
+    UNALIGNED,
+    UNBOUND,
+    UNPLANNED,
+    Bound,
+    Launcher,
+    cdiv,
+    current_stream,
+    next_power_of_2,
+)
 from attnops.topk.api import _decode_dispatcher, _prefill_dispatcher
 from attnops.topk.reference import storage_elements
 
@@ -861,6 +872,32 @@ def _plan(
     return _Plan(chunk_programs, scratch, chunk_params, finish_params, key(chunk_params), key(finish_params))
 
 
+def _launch_of(
+    logits: torch.Tensor,
+    starts: torch.Tensor,
+    next_n: int,
+    decode: bool,
+    per_row_lens: bool,
+    out: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    k: int,
+) -> tuple[_Plan, bool, int, tuple, tuple]:
+    """A call's plan and its launches' scalars: ``(plan, wide, available, bounds, tail)``.
+
+    ``wide``: the logits' storage holds 2**31 elements or more from their first (int64 offsets);
+    ``available``: those elements; ``bounds``: every launch's leading scalars (starts' stride,
+    next_n, the logits' strides, k); ``tail``: the finish launch's last ones (the output's strides,
+    the chunk programs per row). A plain tuple: a named one cost the general path ~0.4 µs.
+    """
+    available = storage_elements(logits)
+    wide = available >= 2**31
+    plan = _plan(num_rows, logits.shape[1], wide, decode, per_row_lens, logits.device, triton_interpreted())
+    bounds = (starts.stride(0), next_n, stride0, stride1, k)
+    return plan, wide, available, bounds, (out.stride(0), out.stride(1), plan.chunk_programs)
+
+
 def _launch(
     logits: torch.Tensor,
     starts: torch.Tensor,
@@ -883,10 +920,10 @@ def _launch(
     if num_rows == 0:
         return
     device = logits.device
-    available = storage_elements(logits)
-    plan = _plan(num_rows, logits.shape[1], available >= 2**31, decode, per_row_lens, device, triton_interpreted())
+    plan, _, available, bounds, tail = _launch_of(
+        logits, starts, next_n, decode, per_row_lens, out, num_rows, stride0, stride1, k
+    )
     rows = (logits, starts, ends, lens)
-    bounds = (starts.stride(0), next_n, stride0, stride1, k)
     # The finish kernel's scratch is never touched without chunk programs or pairs.
     scratch = torch.empty(plan.scratch_elements, dtype=torch.int32, device=device) if plan.scratch_elements else out
     if plan.chunk_programs:
@@ -894,14 +931,168 @@ def _launch(
             None if plan.chunk_key is None else (bounds, plan.chunk_key), (num_rows, plan.chunk_programs),
             (*rows, scratch), bounds, lambda: plan.chunk_params, device,
         )  # fmt: skip
-    tail = (out.stride(0), out.stride(1), plan.chunk_programs)
     _finish_launcher.launch(
         None if plan.finish_key is None else (bounds, tail, plan.finish_key), (num_rows,), (*rows, out, scratch),
         (*bounds, available, *tail), lambda: plan.finish_params, device,
     )  # fmt: skip
 
 
-@_prefill_dispatcher.register("triton")
+class _Handles(NamedTuple):
+    """A bound call's direct launches (see :class:`attnops._common.fastpath.Bound`) and what else they need."""
+
+    index: int
+    wide: bool
+    scratch: int
+    bounds: tuple
+    chunk: Callable[..., None] | None
+    finish: Callable[..., None]
+
+
+def _capture(
+    logits: torch.Tensor,
+    starts: torch.Tensor,
+    next_n: int,
+    decode: bool,
+    per_row_lens: bool,
+    out: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    k: int,
+) -> _Handles | None:
+    """The handles of :func:`_launch`'s launches for a call's signature (the row-bound tensors all of
+    ``starts``' dtype), with every pointer 16-byte aligned, once compiled."""
+    if num_rows == 0:
+        return None
+    plan, wide, _, bounds, tail = _launch_of(
+        logits, starts, next_n, decode, per_row_lens, out, num_rows, stride0, stride1, k
+    )
+    device = logits.device
+    rows = (logits.dtype, starts.dtype, starts.dtype, starts.dtype)
+    chunk = None
+    if plan.chunk_programs:
+        key = None if plan.chunk_key is None else (bounds, plan.chunk_key)
+        grid = (num_rows, plan.chunk_programs)
+        chunk = _chunk_launcher.direct(key, grid, (*rows, torch.int32), bounds, device)
+        if chunk is None:
+            return None
+    key = None if plan.finish_key is None else (bounds, tail, plan.finish_key)
+    scratch = torch.int32 if plan.scratch_elements else out.dtype
+    finish = _finish_launcher.direct(key, (num_rows,), (*rows, out.dtype, scratch), tail, device)
+    if finish is None:
+        return None
+    return _Handles(device.index, wide, plan.scratch_elements, bounds, chunk, finish)
+
+
+def _direct(
+    handles: _Handles | None, logits: torch.Tensor, starts: int, ends: int, lens: int, out: torch.Tensor
+) -> object:
+    """One call through captured ``handles`` (row-bound tensors as their addresses, already checked aligned)."""
+    logits_address, out_address = logits.data_ptr(), out.data_ptr()
+    if (logits_address | out_address) & 15:
+        return UNALIGNED
+    if handles is None:
+        return UNBOUND
+    available = storage_elements(logits)
+    if (available >= 2**31) != handles.wide:
+        return UNPLANNED
+    rows = (logits_address, starts, ends, lens)
+    stream = current_stream(handles.index)
+    if not handles.scratch:
+        handles.finish(stream, *rows, out_address, out_address, *handles.bounds, available)
+        return None
+    scratch = out.new_empty(handles.scratch).data_ptr()
+    if scratch & 15:
+        return UNALIGNED
+    if handles.chunk is not None:
+        handles.chunk(stream, *rows, scratch)
+    handles.finish(stream, *rows, out_address, scratch, *handles.bounds, available)
+    return None
+
+
+def _prefill_direct(
+    handles: _Handles | None,
+    logits: torch.Tensor,
+    cu_seqlen_ks: torch.Tensor,
+    cu_seqlen_ke: torch.Tensor,
+    raw_topk_indices: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    topk_tokens: int,
+) -> object:
+    """:func:`top_k_per_row_prefill` through captured ``handles``."""
+    starts, ends = cu_seqlen_ks.data_ptr(), cu_seqlen_ke.data_ptr()
+    if (starts | ends) & 15:
+        return UNALIGNED
+    return _direct(handles, logits, starts, ends, starts, raw_topk_indices)
+
+
+def _prefill_capture(
+    logits: torch.Tensor,
+    cu_seqlen_ks: torch.Tensor,
+    cu_seqlen_ke: torch.Tensor,
+    raw_topk_indices: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    topk_tokens: int,
+) -> _Handles | None:
+    """The handles of :func:`top_k_per_row_prefill`'s launches; none where its bound tensors' strides
+    differ (the general path copies them)."""
+    if cu_seqlen_ks.stride(0) != cu_seqlen_ke.stride(0):
+        return None
+    return _capture(logits, cu_seqlen_ks, 1, False, False, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
+
+
+def _bind_prefill() -> Bound:
+    """:func:`top_k_per_row_prefill` bound to one memoised signature."""
+    return Bound(top_k_per_row_prefill, _prefill_direct, _prefill_capture)
+
+
+def _decode_direct(
+    handles: _Handles | None,
+    logits: torch.Tensor,
+    next_n: int,
+    seq_lens: torch.Tensor,
+    raw_topk_indices: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    topk_tokens: int,
+) -> object:
+    """:func:`top_k_per_row_decode` through captured ``handles``."""
+    lens = seq_lens.data_ptr()
+    if lens & 15:
+        return UNALIGNED
+    return _direct(handles, logits, lens, lens, lens, raw_topk_indices)
+
+
+def _decode_capture(
+    logits: torch.Tensor,
+    next_n: int,
+    seq_lens: torch.Tensor,
+    raw_topk_indices: torch.Tensor,
+    num_rows: int,
+    stride0: int,
+    stride1: int,
+    topk_tokens: int,
+) -> _Handles | None:
+    """The handles of :func:`top_k_per_row_decode`'s launches; none for per-row lengths that are not
+    contiguous (the general path's flattening copies them)."""
+    per_row = seq_lens.dim() == 2
+    if per_row and not seq_lens.is_contiguous():
+        return None
+    lens = seq_lens.reshape(-1) if per_row else seq_lens
+    return _capture(logits, lens, next_n, True, per_row, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
+
+
+def _bind_decode() -> Bound:
+    """:func:`top_k_per_row_decode` bound to one memoised signature."""
+    return Bound(top_k_per_row_decode, _decode_direct, _decode_capture)
+
+
+@_prefill_dispatcher.register("triton", bind=_bind_prefill)
 def top_k_per_row_prefill(
     logits: torch.Tensor,
     cu_seqlen_ks: torch.Tensor,
@@ -926,7 +1117,7 @@ def top_k_per_row_prefill(
     )  # fmt: skip
 
 
-@_decode_dispatcher.register("triton")
+@_decode_dispatcher.register("triton", bind=_bind_decode)
 def top_k_per_row_decode(
     logits: torch.Tensor,
     next_n: int,
