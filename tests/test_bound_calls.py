@@ -19,7 +19,9 @@ from attnops import (
     top_k_per_row_prefill,
 )
 from attnops._common import backend as backend_mod
-from attnops.cache import make_paged_kv_cache
+from attnops.cache import api as cache_api
+from attnops.cache import make_paged_kv_cache, reshape_and_cache
+from attnops.cache import triton as cache_kernels
 from attnops.merge import api as merge_api
 from attnops.merge import triton as merge_kernels
 from attnops.paged_attention import api as paged_api
@@ -330,6 +332,34 @@ def test_topk_prefill_bounds_of_two_strides_are_never_bound(topk_launches, topk_
     for _ in range(3):
         top_k_per_row_prefill(**arguments)
     assert len(topk_general) == 3  # the general path copies the bounds to one stride every call
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_bound_cache_writes_launch_what_the_general_path_launches(monkeypatch, as_cuda, kv_cache_dtype):
+    launches = record_launches(monkeypatch, cache_kernels, ("_launcher",))
+    cache = make_paged_kv_cache([40], 2, 32, 8, torch.float16, kv_cache_dtype=kv_cache_dtype)
+    # Only now: filling the cache above writes it through reshape_and_cache's reference.
+    dispatcher = cache_api._dispatcher
+    monkeypatch.setitem(dispatcher.impls, "torch", dispatcher.impls["triton"])
+    monkeypatch.setattr(dispatcher, "_prepared", {})
+    qkv = torch.randn(5, 3, 2, 32, dtype=torch.float16)
+    arguments = dict(
+        key=qkv[:, 1], value=qkv[:, 2], key_cache=cache.key_cache, value_cache=cache.value_cache,
+        slot_mapping=torch.tensor([3, 9, -1, 17, 30]), kv_cache_dtype=kv_cache_dtype, k_scale=cache.k_scale,
+        v_scale=cache.v_scale,
+    )  # fmt: skip
+    for _ in range(2):
+        cache_kernels.reshape_and_cache(**arguments)
+    general = launches[-1:]
+    launches.clear()
+    for _ in range(2):
+        reshape_and_cache(**arguments)
+    assert [launch.how for launch in launches] == ["run", "run"]
+    tensors = tensors_of(arguments)
+    assert named(launches[-1:], **tensors) == named(general, **tensors)
+    unaligned = {**arguments, "slot_mapping": unaligned_copy(arguments["slot_mapping"])}
+    reshape_and_cache(**unaligned)
+    assert launches[-1].how == "jit" and launches[-1].compiled is not general[0].compiled
 
 
 def gpu_paged_inputs(seq_lens, kv_cache_dtype="auto"):

@@ -28,7 +28,9 @@ import timeit
 import torch
 
 import attnops
+from attnops.cache import api as cache_api
 from attnops.cache import make_paged_kv_cache
+from attnops.cache import triton as cache_kernels
 from attnops.merge import api as merge_api
 from attnops.merge import triton as merge_kernels
 from attnops.paged_attention import api as paged_api
@@ -61,7 +63,8 @@ class _Kernel:
 def _stand_ins() -> None:
     torch._C._cuda_getCurrentRawStream = lambda index: 0
     launchers = ((paged_kernels, ("_partition_launcher", "_reduce_launcher")),
-                 (topk_kernels, ("_chunk_launcher", "_finish_launcher")), (merge_kernels, ("_launcher",)))  # fmt: skip
+                 (topk_kernels, ("_chunk_launcher", "_finish_launcher")), (merge_kernels, ("_launcher",)),
+                 (cache_kernels, ("_launcher",)))  # fmt: skip
     for module, names in launchers:
         for name in names:
             launcher = getattr(module, name)
@@ -87,7 +90,7 @@ def _public_as_on_cuda() -> None:
     # A memo miss of a paged call costs what it costs on a GPU without ATTNOPS_CHECK=1: no value checks.
     paged_api.values_checked = lambda *tensors: False
     for dispatcher in (paged_api._v1_dispatcher, paged_api._v2_dispatcher, merge_api._dispatcher,
-                       topk_api._decode_dispatcher):  # fmt: skip
+                       topk_api._decode_dispatcher, cache_api._dispatcher):  # fmt: skip
         dispatcher.impls["torch"] = dispatcher.impls["triton"]
 
 
@@ -112,6 +115,12 @@ def public_cases() -> dict:
     calls["public top-k decode 1x8192"] = functools.partial(
         attnops.top_k_per_row_decode, logits, 1, lens, indices, 1, 8192, 1, 2048
     )
+    qkv = torch.randn(256, 3, 8, 128, dtype=torch.bfloat16)
+    slots = torch.randperm(1024)[:256]
+    calls["public cache 256"] = functools.partial(
+        attnops.reshape_and_cache, qkv[:, 1], qkv[:, 2], cache.key_cache, cache.value_cache, slots, "auto",
+        cache.k_scale, cache.v_scale,
+    )  # fmt: skip
     prefix, suffix = torch.randn(2, 512, 32, 128, dtype=torch.bfloat16)
     lse = torch.randn(3, 32, 512)
     calls["public merge 512"] = functools.partial(

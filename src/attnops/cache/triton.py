@@ -11,12 +11,15 @@ values divided by the scale, saturated and rounded to nearest even, bit-exact wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
-from attnops._common.fastpath import Launcher, cdiv, head_tile
+from attnops._common.fastpath import UNALIGNED, UNBOUND, Bound, Launcher, cdiv, current_stream, head_tile
 from attnops._common.fp8_bits import FP8_KINDS, saturated_fp8_bits
 from attnops.cache.api import _dispatcher
 
@@ -87,7 +90,97 @@ def _cache_kernel(
 _launcher = Launcher(_cache_kernel)
 
 
-@_dispatcher.register("triton")
+def _launch_of(
+    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, kv_cache_dtype: str
+) -> tuple[tuple | None, tuple[int], tuple, Callable[[], dict[str, object]]]:
+    """A call's launch but for its pointers: ``(launch key, grid, scalars, constexprs)``."""
+    num_tokens, num_kv_heads, head_size = key.shape
+    block_h, head_pad = head_tile(num_kv_heads, head_size, key.element_size(), _TILE_BYTES)
+    head_blocks = cdiv(num_kv_heads, block_h)
+    fp8 = FP8_KINDS[kv_cache_dtype]
+    block_size, x = key_cache.shape[3], key_cache.shape[4]
+    strides = (
+        *key.stride(), *value.stride(), *key_cache.stride()[:2], *value_cache.stride()[:2],
+    )  # fmt: skip
+    # The token count is the grid alone: a new count reuses the launch.
+    launch_key = None if triton_interpreted() else (head_size, block_h, block_size, x, fp8, num_kv_heads, strides)
+
+    def constexprs() -> dict[str, object]:
+        return dict(
+            HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h, HEAD_BLOCKS=head_blocks, BLOCK_SIZE=block_size,
+            X=x, FP8=fp8, num_warps=_NUM_WARPS,
+        )  # fmt: skip
+
+    return launch_key, (num_tokens * head_blocks,), (num_kv_heads, *strides), constexprs
+
+
+def _pointers(
+    key: Any,
+    value: Any,
+    key_cache: Any,
+    value_cache: Any,
+    slot_mapping: Any,
+    kv_cache_dtype: str,
+    k_scale: Any,
+    v_scale: Any,
+) -> tuple:
+    """The kernel's pointers (tensors, dtypes or addresses): the scales only for fp8 caches."""
+    fp8 = FP8_KINDS[kv_cache_dtype] != 0
+    return (key, value, key_cache, value_cache, slot_mapping, k_scale if fp8 else None, v_scale if fp8 else None)
+
+
+def _direct(
+    launch: Callable[..., None] | None,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+) -> object:
+    """:func:`reshape_and_cache` through a captured launch (see :class:`attnops._common.fastpath.Bound`)."""
+    addresses = _pointers(
+        key.data_ptr(), value.data_ptr(), key_cache.data_ptr(), value_cache.data_ptr(), slot_mapping.data_ptr(),
+        kv_cache_dtype, k_scale.data_ptr(), v_scale.data_ptr(),
+    )  # fmt: skip
+    mask = addresses[0] | addresses[1] | addresses[2] | addresses[3] | addresses[4]
+    if (mask | (addresses[5] or 0) | (addresses[6] or 0)) & 15:
+        return UNALIGNED
+    if launch is None:
+        return UNBOUND
+    launch(current_stream(key.get_device()), *addresses)
+    return None
+
+
+def _capture(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+) -> Callable[..., None] | None:
+    """The launch of :func:`reshape_and_cache` for a call's signature, with every pointer 16-byte aligned."""
+    if key.shape[0] == 0:
+        return None
+    launch_key, grid, scalars, _ = _launch_of(key, value, key_cache, value_cache, kv_cache_dtype)
+    dtypes = _pointers(
+        key.dtype, value.dtype, key_cache.dtype, value_cache.dtype, slot_mapping.dtype, kv_cache_dtype,
+        k_scale.dtype, v_scale.dtype,
+    )  # fmt: skip
+    return _launcher.direct(launch_key, grid, dtypes, scalars, key.device)
+
+
+def _bind() -> Bound:
+    """:func:`reshape_and_cache` bound to one memoised signature."""
+    return Bound(reshape_and_cache, _direct, _capture)
+
+
+@_dispatcher.register("triton", bind=_bind)
 def reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -105,25 +198,8 @@ def reshape_and_cache(
     ``value_cache`` ``[num_blocks, num_kv_heads, head_size, block_size]``), ``slot_mapping``
     int64/int32 ``[num_tokens]``.
     """
-    num_tokens, num_kv_heads, head_size = key.shape
-    if num_tokens == 0:
+    if key.shape[0] == 0:
         return
-    block_h, head_pad = head_tile(num_kv_heads, head_size, key.element_size(), _TILE_BYTES)
-    head_blocks = cdiv(num_kv_heads, block_h)
-    fp8 = FP8_KINDS[kv_cache_dtype]
-    block_size, x = key_cache.shape[3], key_cache.shape[4]
-    strides = (
-        *key.stride(), *value.stride(), *key_cache.stride()[:2], *value_cache.stride()[:2],
-    )  # fmt: skip
-    pointers = (key, value, key_cache, value_cache, slot_mapping, k_scale if fp8 else None, v_scale if fp8 else None)
-    # The token count is the grid alone: a new count reuses the launch.
-    launch_key = None if triton_interpreted() else (head_size, block_h, block_size, x, fp8, num_kv_heads, strides)
-
-    def constexprs() -> dict[str, object]:
-        return dict(
-            HEAD_SIZE=head_size, HEAD_PAD=head_pad, BLOCK_H=block_h, HEAD_BLOCKS=head_blocks, BLOCK_SIZE=block_size,
-            X=x, FP8=fp8, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-
-    grid = (num_tokens * head_blocks,)
-    _launcher.launch(launch_key, grid, pointers, (num_kv_heads, *strides), constexprs, key.device)
+    launch_key, grid, scalars, constexprs = _launch_of(key, value, key_cache, value_cache, kv_cache_dtype)
+    pointers = _pointers(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale)
+    _launcher.launch(launch_key, grid, pointers, scalars, constexprs, key.device)
