@@ -9,7 +9,7 @@ import torch
 
 from attnops._common import backend as backend_mod
 from attnops._common.backend import Dispatcher
-from attnops._common.fastpath import cdiv, next_power_of_2, signature
+from attnops._common.fastpath import UNALIGNED, Bound, cdiv, next_power_of_2, signature
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -598,24 +598,26 @@ def test_hooks_idle_reads_triton_hook_chains(monkeypatch):
 
 def test_memoised_signatures_get_a_bound_implementation_each(on_cuda):
     dispatcher = Dispatcher("op", reference, lambda x, n: n)
-    made = []
 
-    def bind():
-        made.append(object())
-        return made[-1]
+    def direct(handles, x, n):
+        return UNALIGNED  # always the implementation itself
 
-    dispatcher.register("triton", bind=bind)(kernel)
+    dispatcher.register("triton", direct=direct, capture=lambda x, n: None)(kernel)
     x = torch.zeros(3)
     first = dispatcher.prepare(None, x, 1)[1]
-    assert first is made[0] and dispatcher.prepare(None, torch.ones(3), 1)[1] is first
-    assert dispatcher.prepare(None, x, 2)[1] is made[1]  # another signature
-    assert dispatcher.prepare("torch", x, 1)[1] is reference  # an implementation without a binder
+    assert isinstance(first, Bound) and dispatcher.prepare(None, torch.ones(3), 1)[1] is first
+    second = dispatcher.prepare(None, x, 2)[1]  # another signature
+    assert isinstance(second, Bound) and second is not first
+    assert dispatcher.prepare("torch", x, 1)[1] is reference  # an implementation without direct launches
     dispatcher.clear()
-    assert dispatcher.prepare(None, x, 1)[1] is made[2]
+    again = dispatcher.prepare(None, x, 1)[1]
+    assert isinstance(again, Bound) and again is not first
+    assert again(x, 1) == kernel(x, 1)
 
 
 def test_calls_outside_the_memo_run_the_implementation_itself(clean_environment, monkeypatch):
     monkeypatch.setattr(backend_mod, "triton_interpreted", lambda: True)
     dispatcher = Dispatcher("op", reference, lambda x, n: n)
-    dispatcher.register("triton", bind=lambda: pytest.fail("bound outside the memo"))(kernel)
+    never = lambda *args: pytest.fail("bound outside the memo")
+    dispatcher.register("triton", direct=never, capture=never)(kernel)
     assert dispatcher.prepare("triton", torch.zeros(3), 1) == (1, kernel)  # a CPU tensor

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from attnops._common.env import getenv
-from attnops._common.fastpath import MAX_ENTRIES, signature
+from attnops._common.fastpath import MAX_ENTRIES, Bound, signature
 from attnops._common.validate import checks_requested
 
 BACKENDS = ("auto", "torch", "triton")
@@ -78,26 +78,30 @@ class Dispatcher:
         self.validate = validate
         # Position of the unkeyed argument (when passed by position; by keyword it is keyed by value).
         self._unkeyed = None if unkeyed is None else list(inspect.signature(validate).parameters).index(unkeyed)
-        # Implementation -> the factory of its per-signature bound implementations (see register).
-        self._binders: dict[Callable[..., Any], Callable[[], Callable[..., Any]]] = {}
+        # Implementation -> its (direct, capture) functions, from which each memo entry makes its own
+        # bound implementation (see register).
+        self._bound: dict[Callable[..., Any], tuple[Callable[..., Any], Callable[..., Any]]] = {}
         # (backend asked for, argument signature) -> (verdict, implementation), for CUDA calls.
         self._prepared: dict[tuple, tuple[Any, Callable[..., Any]]] = {}
 
     def register(
-        self, backend: str, bind: Callable[[], Callable[..., Any]] | None = None
+        self,
+        backend: str,
+        direct: Callable[..., Any] | None = None,
+        capture: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator adding ``fn`` as the implementation of ``backend``.
 
-        ``bind()``, when given, makes a fresh callable that stands for ``fn`` in one memo entry of
-        :meth:`prepare` (so for one argument signature, on CUDA, without value checks), made with
-        the entry: it may keep what ``fn`` derives from the signature (see
-        :class:`attnops._common.fastpath.Bound`). Calls outside the memo always run ``fn``.
+        With ``direct`` and ``capture``, each memo entry of :meth:`prepare` (so one argument
+        signature, on CUDA, without value checks) runs ``fn`` as its own
+        :class:`attnops._common.fastpath.Bound` ``(fn, direct, capture)``, which keeps what ``fn``
+        derives from the signature. Calls outside the memo always run ``fn``.
         """
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.impls[backend] = fn
-            if bind is not None:
-                self._binders[fn] = bind
+            if direct is not None and capture is not None:
+                self._bound[fn] = (direct, capture)
             self.clear()
             return fn
 
@@ -131,11 +135,11 @@ class Dispatcher:
         lookup, ~7 µs of a ``paged_attention_v1`` call's Python (~5 of them the signature) instead
         of ~12 for a memoised validation and a separate dispatch (CPU,
         ``bench/tuning/host_python.py``). The implementation kept is bound to the signature where
-        its backend registered a binder (see :meth:`register`): the Triton kernels' host path then
-        costs ~5 µs instead of ~14. The validator must depend on its arguments' metadata only when
-        values are not checked (as every validator does through
-        :func:`attnops._common.validate.values_checked`). Bad arguments and a bad backend name raise
-        on every call, as failures are never kept.
+        its backend registered direct and capture functions (see :meth:`register`): the Triton
+        kernels' host path then costs ~5 µs instead of ~14. The validator must depend on its
+        arguments' metadata only when values are not checked (as every validator does through
+        :func:`attnops._common.validate.values_checked`). Bad arguments and a bad backend name
+        raise on every call, as failures are never kept.
         """
         name = requested_backend(backend)
         key = None if checks_requested() else signature(args, kwargs, self._unkeyed)
@@ -148,8 +152,8 @@ class Dispatcher:
             return self._prepare(name, args, kwargs)
         if prepared is None:
             verdict, impl = self._prepare(name, args, kwargs)
-            bind = self._binders.get(impl)
-            prepared = (verdict, impl if bind is None else bind())
+            bound = self._bound.get(impl)
+            prepared = (verdict, impl if bound is None else Bound(impl, *bound))
             if len(self._prepared) >= MAX_ENTRIES:
                 self._prepared.clear()
             self._prepared[key] = prepared

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
-from attnops._common.fastpath import UNALIGNED, UNBOUND, Bound, Launcher, cdiv, current_stream, head_tile
+from attnops._common.fastpath import UNALIGNED, UNBOUND, Launcher, cdiv, current_stream, head_tile
 from attnops._common.fp8_bits import FP8_KINDS, saturated_fp8_bits
 from attnops.cache.api import _dispatcher
 
@@ -175,12 +175,7 @@ def _capture(
     return _launcher.direct(launch_key, grid, dtypes, scalars, key.device)
 
 
-def _bind() -> Bound:
-    """:func:`reshape_and_cache` bound to one memoised signature."""
-    return Bound(reshape_and_cache, _direct, _capture)
-
-
-@_dispatcher.register("triton", bind=_bind)
+@_dispatcher.register("triton", direct=_direct, capture=_capture)
 def reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from attnops._common.backend import triton_interpreted
-from attnops._common.fastpath import UNALIGNED, UNBOUND, Bound, Launcher, cdiv, current_stream, head_tile
+from attnops._common.fastpath import UNALIGNED, UNBOUND, Launcher, cdiv, current_stream, head_tile
 from attnops._common.fp8_bits import e4m3_bits
 from attnops.merge.api import _dispatcher
 
@@ -221,12 +221,7 @@ def _merge_capture(
     return None if direct is None else (device.index, direct)
 
 
-def _bind() -> Bound:
-    """:func:`merge_attn_states` bound to one memoised signature."""
-    return Bound(merge_attn_states, _merge_direct, _merge_capture)
-
-
-@_dispatcher.register("triton", bind=_bind)
+@_dispatcher.register("triton", direct=_merge_direct, capture=_merge_capture)
 def merge_attn_states(
     output: torch.Tensor,
     prefix_output: torch.Tensor,

@@ -39,7 +39,6 @@ from attnops._common.fastpath import (
     MAX_ENTRIES,
     UNALIGNED,
     UNBOUND,
-    Bound,
     Launcher,
     cdiv,
     current_stream,
@@ -1067,12 +1066,7 @@ def _attention_capture(
     return _handles(plan, _v1_pointers(tensors, FP8_KINDS[kv_cache_dtype] != 0, out, lse, scratch), layout.device)
 
 
-def _bind_v1() -> Bound:
-    """:func:`paged_attention_v1` bound to one memoised signature (no ``split``: the public call passes none)."""
-    return Bound(paged_attention_v1, _attention_direct, _attention_capture)
-
-
-@_v1_dispatcher.register("triton", bind=_bind_v1)
+@_v1_dispatcher.register("triton", direct=_attention_direct, capture=_attention_capture)
 def paged_attention_v1(
     out: torch.Tensor,
     query: torch.Tensor,
@@ -1166,12 +1160,7 @@ def _v2_capture(
     return _handles(plan, pointers, layout.device)
 
 
-def _bind_v2() -> Bound:
-    """:func:`paged_attention_v2` bound to one memoised signature (no ``split``: the public call passes none)."""
-    return Bound(paged_attention_v2, _v2_direct, _v2_capture)
-
-
-@_v2_dispatcher.register("triton", bind=_bind_v2)
+@_v2_dispatcher.register("triton", direct=_v2_direct, capture=_v2_capture)
 def paged_attention_v2(
     out: torch.Tensor,
     exp_sums: torch.Tensor,
@@ -1256,12 +1245,7 @@ def _decode_capture(
     )  # fmt: skip
 
 
-def _bind_decode() -> Bound:
-    """:func:`paged_decode` bound to one memoised signature (no ``split``: the public call passes none)."""
-    return Bound(paged_decode, _decode_direct, _decode_capture)
-
-
-@_decode_dispatcher.register("triton", bind=_bind_decode)
+@_decode_dispatcher.register("triton", direct=_decode_direct, capture=_decode_capture)
 def paged_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,

@@ -51,7 +51,6 @@ from attnops._common.fastpath import (
     UNALIGNED,
     UNBOUND,
     UNPLANNED,
-    Bound,
     Launcher,
     cdiv,
     current_stream,
@@ -1045,11 +1044,6 @@ def _prefill_capture(
     return _capture(logits, cu_seqlen_ks, 1, False, False, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
 
 
-def _bind_prefill() -> Bound:
-    """:func:`top_k_per_row_prefill` bound to one memoised signature."""
-    return Bound(top_k_per_row_prefill, _prefill_direct, _prefill_capture)
-
-
 def _decode_direct(
     handles: _Handles | None,
     logits: torch.Tensor,
@@ -1087,12 +1081,7 @@ def _decode_capture(
     return _capture(logits, lens, next_n, True, per_row, raw_topk_indices, num_rows, stride0, stride1, topk_tokens)
 
 
-def _bind_decode() -> Bound:
-    """:func:`top_k_per_row_decode` bound to one memoised signature."""
-    return Bound(top_k_per_row_decode, _decode_direct, _decode_capture)
-
-
-@_prefill_dispatcher.register("triton", bind=_bind_prefill)
+@_prefill_dispatcher.register("triton", direct=_prefill_direct, capture=_prefill_capture)
 def top_k_per_row_prefill(
     logits: torch.Tensor,
     cu_seqlen_ks: torch.Tensor,
@@ -1117,7 +1106,7 @@ def top_k_per_row_prefill(
     )  # fmt: skip
 
 
-@_decode_dispatcher.register("triton", bind=_bind_decode)
+@_decode_dispatcher.register("triton", direct=_decode_direct, capture=_decode_capture)
 def top_k_per_row_decode(
     logits: torch.Tensor,
     next_n: int,
